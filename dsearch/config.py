@@ -10,11 +10,13 @@ from typing import Any, Literal, NamedTuple
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from .errors import UserError
+
 VARIANTS = ("densenet", "densenet-b", "densenet-c", "densenet-bc")
 PAPER_COMPRESSION = 0.5
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """A configuration that breaks a rule; the message names the field and the rule."""
 
 
@@ -235,6 +237,7 @@ class DataConfig(_Strict):
     train_subset: int | None = None      # training images drawn after the validation split
     val_subset: int | None = None        # not used to shrink val_size; a cap for fast evaluation
     seed: int = 0
+    num_workers: int | None = None       # imagenet only: DataLoader workers; None: min(8, CPUs)
     synthetic_size: int = 1200           # synthetic only: images in the train split
     synthetic_classes: int = 10
     synthetic_image_size: int = 16

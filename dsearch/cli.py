@@ -1,0 +1,81 @@
+"""The `dsearch` command: one thin function per sub-command; errors become one line and exit 2."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from .errors import UserError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Search DenseNet architectures and training hyperparameters.")
+
+
+def parse_sets(sets: list[str] | None, default_prefix: str = "") -> dict:
+    """`key=value` pairs, values parsed as YAML; a bare key gets `default_prefix`."""
+    import yaml
+
+    out: dict = {}
+    for item in sets or []:
+        if "=" not in item:
+            raise UserError(f"--set {item!r}: expected key=value (e.g. --set growth_rate=12)")
+        key, raw = item.split("=", 1)
+        key = key.strip()
+        if default_prefix and "." not in key:
+            key = default_prefix + key
+        try:
+            out[key] = yaml.safe_load(raw)
+        except yaml.YAMLError as e:
+            raise UserError(f"--set {item!r}: value is not valid YAML ({e.__class__.__name__})") from None
+    return out
+
+
+@app.command()
+def model(
+    preset: Optional[str] = typer.Argument(None, help="preset name (see `dsearch model --list`)"),
+    set_: Optional[List[str]] = typer.Option(None, "--set", help="key=value model override (repeatable)"),
+    input: Optional[str] = typer.Option(None, "--input", help="input size CxHxW, e.g. 3x32x32"),
+    as_json: bool = typer.Option(False, "--json", help="print JSON instead of a table"),
+    list_: bool = typer.Option(False, "--list", help="list the presets"),
+) -> None:
+    """Architecture, channel schedule, params and MACs of a DenseNet."""
+    from .describe import describe_command
+
+    describe_command(preset, parse_sets(set_), input, as_json, list_)
+
+
+# Sub-commands of later modules are registered here (train, run, pareto, dashboard, export).
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point: runs the app; UserError / validation errors → `dsearch: error: ...`, exit 2."""
+    import click
+    from pydantic import ValidationError
+
+    from .config import format_validation_error
+
+    try:
+        app(args=argv, standalone_mode=False, prog_name="dsearch")
+    except UserError as e:
+        print(f"dsearch: error: {e}", file=sys.stderr)
+        return 2
+    except ValidationError as e:
+        print(f"dsearch: error: {format_validation_error(e)}", file=sys.stderr)
+        return 2
+    except click.exceptions.Abort:
+        print("dsearch: error: aborted", file=sys.stderr)
+        return 130
+    except click.ClickException as e:
+        print(f"dsearch: error: {e.format_message()} (see dsearch --help)", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("dsearch: error: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,164 @@
+"""Memory-efficient dense layer (Pleiss et al. 2017): keep conv outputs, recompute concat/BN/ReLU.
+
+A dense layer in the normal mode keeps, per layer, the concatenated input (m maps), its BN-ReLU
+output (m maps), the bottleneck output and its BN-ReLU output (2·w·k maps) — m grows with depth, so
+the total is quadratic in depth. This autograd Function keeps only the bottleneck conv's output
+(w·k maps, post-dropout) and its BN statistics; concatenation, BN and ReLU (cheap, no convolution)
+are recomputed in backward from the earlier layers' outputs, which are alive anyway. The convs are
+not run again: their backward is called directly on the recomputed inputs. BN running statistics
+are updated once, in forward, exactly as nn.BatchNorm2d does.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+aten = torch.ops.aten
+
+
+def _bn_momentum(bn: nn.BatchNorm2d) -> float:
+    """nn.BatchNorm2d's momentum rule, with its num_batches_tracked side effect."""
+    momentum = 0.0 if bn.momentum is None else bn.momentum
+    if bn.training and bn.track_running_stats and bn.num_batches_tracked is not None:
+        bn.num_batches_tracked.add_(1)
+        if bn.momentum is None:
+            momentum = 1.0 / float(bn.num_batches_tracked)
+    return momentum
+
+
+def _bn_training(bn: nn.BatchNorm2d) -> bool:
+    return bn.training or bn.running_mean is None
+
+
+def _bn_forward(bn: nn.BatchNorm2d, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor):
+    momentum = _bn_momentum(bn)
+    return aten.native_batch_norm(x, weight, bias, bn.running_mean, bn.running_var,
+                                  _bn_training(bn), momentum, bn.eps)
+
+
+def _bn_recompute(bn: nn.BatchNorm2d, x: torch.Tensor, weight, bias, mean, invstd) -> torch.Tensor:
+    """The BN output again, from the statistics forward used (batch stats or running stats)."""
+    if not _bn_training(bn):
+        mean, invstd = bn.running_mean, torch.rsqrt(bn.running_var + bn.eps)
+    shape = (1, -1, 1, 1)
+    scale = (invstd * weight).reshape(shape)
+    return torch.addcmul((bias - mean * invstd * weight).reshape(shape), x, scale)
+
+
+def _bn_backward(bn: nn.BatchNorm2d, grad: torch.Tensor, x: torch.Tensor, weight, mean, invstd):
+    return aten.native_batch_norm_backward(grad, x, weight, bn.running_mean, bn.running_var,
+                                           mean, invstd, _bn_training(bn), bn.eps, [True, True, True])
+
+
+def _conv_args(conv: nn.Conv2d) -> tuple:
+    return (conv.stride, conv.padding, conv.dilation)
+
+
+def _conv_forward(conv: nn.Conv2d, x: torch.Tensor, weight: torch.Tensor, dtype) -> torch.Tensor:
+    stride, padding, dilation = _conv_args(conv)
+    return torch.nn.functional.conv2d(x.to(dtype), weight.to(dtype), None, stride, padding, dilation)
+
+
+def _conv_backward(conv: nn.Conv2d, grad: torch.Tensor, x: torch.Tensor, weight: torch.Tensor,
+                   dtype, need_input: bool):
+    stride, padding, dilation = _conv_args(conv)
+    g_in, g_w, _ = aten.convolution_backward(
+        grad.to(dtype), x.to(dtype), weight.to(dtype), None, list(stride), list(padding),
+        list(dilation), False, [0, 0], 1, [need_input, True, False])
+    return g_in, g_w.to(weight.dtype)
+
+
+def _dropout_mask(x: torch.Tensor, p: float) -> torch.Tensor | None:
+    if p <= 0:
+        return None
+    return torch.empty_like(x, dtype=torch.bool).bernoulli_(1.0 - p)
+
+
+def _apply_mask(x: torch.Tensor, mask: torch.Tensor | None, p: float) -> torch.Tensor:
+    return x if mask is None else x * mask / (1.0 - p)
+
+
+def _compute_dtype(x: torch.Tensor) -> torch.dtype:
+    dev = x.device.type
+    if torch.is_autocast_enabled(dev):
+        return torch.get_autocast_dtype(dev)
+    return x.dtype
+
+
+class _EfficientDenseLayer(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx: Any, layer: nn.Module, n: int, *args: torch.Tensor) -> torch.Tensor:
+        feats, params = args[:n], args[n:]
+        dt = _compute_dtype(feats[0])
+        p = layer.dropout if layer.training else 0.0
+        with torch.autocast(feats[0].device.type, enabled=False):
+            x = torch.cat([f.float() for f in feats], 1) if len(feats) > 1 else feats[0].float()
+            g1, b1, w1 = params[:3]
+            y1, mean1, invstd1 = _bn_forward(layer.norm1, x, g1, b1)
+            del x
+            out = _conv_forward(layer.conv1, y1.relu_(), w1, dt)
+            del y1
+            mask1 = _dropout_mask(out, p)
+            out = _apply_mask(out, mask1, p)
+            saved = [mean1, invstd1, *params]
+            mask2 = mean2 = invstd2 = None
+            if layer.bottleneck:
+                g2, b2, w2 = params[3:]
+                d1 = out
+                y2, mean2, invstd2 = _bn_forward(layer.norm2, d1.float(), g2, b2)
+                out = _conv_forward(layer.conv2, y2.relu_(), w2, dt)
+                del y2
+                mask2 = _dropout_mask(out, p)
+                out = _apply_mask(out, mask2, p)
+                saved += [d1, mean2, invstd2]
+        ctx.layer, ctx.n, ctx.p, ctx.dt = layer, n, p, dt
+        ctx.masks = (mask1, mask2)
+        ctx.feat_dtypes = [f.dtype for f in feats]
+        ctx.save_for_backward(*feats, *saved)
+        return out
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor):
+        layer, n, p, dt = ctx.layer, ctx.n, ctx.p, ctx.dt
+        mask1, mask2 = ctx.masks
+        saved = ctx.saved_tensors
+        feats, rest = saved[:n], saved[n:]
+        mean1, invstd1, g1, b1, w1 = rest[:5]
+        dev = grad.device.type
+        grads_params: list = []
+        with torch.autocast(dev, enabled=False):
+            if layer.bottleneck:
+                g2, b2, w2, d1, mean2, invstd2 = rest[5:]
+                d1f = d1.float()
+                r2 = _bn_recompute(layer.norm2, d1f, g2, b2, mean2, invstd2).relu_()
+                g = _apply_mask(grad, mask2, p)
+                g_r2, g_w2 = _conv_backward(layer.conv2, g, r2, w2, dt, True)
+                g_y2 = aten.threshold_backward(g_r2.float(), r2, 0)
+                del r2, g_r2
+                g_d1, g_g2, g_b2 = _bn_backward(layer.norm2, g_y2, d1f, g2, mean2, invstd2)
+                del g_y2, d1f
+                grad = g_d1
+                grads_params = [g_g2, g_b2, g_w2]
+            g = _apply_mask(grad, mask1, p)
+            x = torch.cat([f.float() for f in feats], 1) if n > 1 else feats[0].float()
+            r1 = _bn_recompute(layer.norm1, x, g1, b1, mean1, invstd1).relu_()
+            g_r1, g_w1 = _conv_backward(layer.conv1, g, r1, w1, dt, True)
+            g_y1 = aten.threshold_backward(g_r1.float(), r1, 0)
+            del r1, g_r1
+            g_x, g_g1, g_b1 = _bn_backward(layer.norm1, g_y1, x, g1, mean1, invstd1)
+            del x, g_y1
+        sizes = [f.shape[1] for f in feats]
+        g_feats = [gf.to(d) if need else None for gf, d, need in
+                   zip(torch.split(g_x, sizes, 1), ctx.feat_dtypes, ctx.needs_input_grad[2:2 + n])]
+        return (None, None, *g_feats, g_g1, g_b1, g_w1, *grads_params)
+
+
+def efficient_layer(layer: nn.Module, features: list[torch.Tensor]) -> torch.Tensor:
+    """Run a DenseLayer keeping only its conv outputs for backward (see module docstring)."""
+    params = [layer.norm1.weight, layer.norm1.bias, layer.conv1.weight]
+    if layer.bottleneck:
+        params += [layer.norm2.weight, layer.norm2.bias, layer.conv2.weight]
+    return _EfficientDenseLayer.apply(layer, len(features), *features, *params)
