@@ -13,6 +13,16 @@ from .errors import UserError
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Search DenseNet architectures and training hyperparameters.")
 
+try:  # typer ≥ 0.20 vendors click
+    from typer._click import exceptions as _click_exc
+except ImportError:  # pragma: no cover
+    from click import exceptions as _click_exc
+
+
+@app.callback()
+def _root() -> None:
+    """Search DenseNet architectures and training hyperparameters; see README.md."""
+
 
 def parse_sets(sets: list[str] | None, default_prefix: str = "") -> dict:
     """`key=value` pairs, values parsed as YAML; a bare key gets `default_prefix`."""
@@ -52,7 +62,6 @@ def model(
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point: runs the app; UserError / validation errors → `dsearch: error: ...`, exit 2."""
-    import click
     from pydantic import ValidationError
 
     from .config import format_validation_error
@@ -65,11 +74,16 @@ def main(argv: list[str] | None = None) -> int:
     except ValidationError as e:
         print(f"dsearch: error: {format_validation_error(e)}", file=sys.stderr)
         return 2
-    except click.exceptions.Abort:
+    except typer.Abort:
         print("dsearch: error: aborted", file=sys.stderr)
         return 130
-    except click.ClickException as e:
-        print(f"dsearch: error: {e.format_message()} (see dsearch --help)", file=sys.stderr)
+    except _click_exc.ClickException as e:
+        if type(e).__name__ == "NoArgsIsHelpError":
+            print(e.format_message())
+            return 0
+        hint = f"dsearch {e.ctx.info_name} --help" if getattr(e, "ctx", None) else "dsearch --help"
+        hint = hint.replace("dsearch dsearch", "dsearch")
+        print(f"dsearch: error: {e.format_message()} (see {hint})", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("dsearch: error: interrupted", file=sys.stderr)

@@ -95,6 +95,8 @@ class ModelConfig(_Strict):
             # Derived values are stored without marking them as set, so overrides re-derive them.
             object.__setattr__(self, name, value)
 
+        if self.compression is not None and not 0.0 < self.compression <= 1.0:
+            fail("compression", f"θ must be in (0, 1], got {self.compression}")
         if self.variant is not None:
             vb, vc = bottleneck_of(self.variant), compressed(self.variant)
             if self.bottleneck is None:
@@ -119,7 +121,10 @@ class ModelConfig(_Strict):
         if not 1 <= self.num_blocks <= 6:
             fail("num_blocks", f"must be 1..6, got {self.num_blocks}")
 
-        if self.depth is not None:
+        # A depth that matches explicit block_layers (a resolved dump, a re-validated instance) is consistent.
+        consistent = (self.block_layers is not None
+                      and self.depth == depth_of(tuple(self.block_layers), self.bottleneck))
+        if self.depth is not None and not consistent:
             n = layers_per_block(self.depth, self.num_blocks, self.bottleneck)
             if n is None or n < 1:
                 c = 2 if self.bottleneck else 1

@@ -1,0 +1,100 @@
+"""The Pareto HTML in headless Debian chromium: renders offline, no console errors, one SVG marker per point drawn."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from dsearch.paper import PaperPoint
+from dsearch.plots import build_figures, compute_plot_data, objective_pairs, paper_values, render_html
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMEDRIVER = Path("/usr/bin/chromedriver")
+
+pytestmark = [
+    pytest.mark.browser,
+    pytest.mark.skipif(
+        not (CHROMIUM.exists() and CHROMEDRIVER.exists()),
+        reason="needs Debian chromium + chromium-driver at /usr/bin/chromium and /usr/bin/chromedriver "
+               "(apt-get install chromium chromium-driver)",
+    ),
+]
+
+PAPER = (
+    PaperPoint("densenet40_k12", 0.9476, 1_019_722, 264_812_928),
+    PaperPoint("densenet_bc100_k12", 0.9549, 769_162, 287_929_692),
+)
+
+
+def small_trials() -> pd.DataFrame:
+    """Six trials: 0, 2, 4 on the front, 1 and 3 dominated, 5 pruned."""
+    return pd.DataFrame({
+        "trial": [0, 1, 2, 3, 4, 5],
+        "state": ["COMPLETE", "COMPLETE", "COMPLETE", "COMPLETE", "COMPLETE", "PRUNED"],
+        "val_acc": [0.91, 0.89, 0.94, 0.90, 0.95, 0.60],
+        "params": [5e5, 9e5, 1.2e6, 2.5e6, 7e6, 2e5],
+        "macs": [1.5e8, 3e8, 3.2e8, 6e8, 1.8e9, 5e7],
+        "epochs_trained": [3, 3, 3, 3, 3, 1],
+        "curve": [[0.6, 0.85, 0.91], [0.5, 0.8, 0.89], [0.7, 0.9, 0.94], [0.6, 0.8, 0.9],
+                  [0.7, 0.92, 0.95], [0.6]],
+        "model.growth_rate": [12, 12, 24, 24, 40, 12],
+        "model.compression": [0.5, 1.0, 0.5, 1.0, 0.5, 0.5],
+    })
+
+
+def _driver(profile: Path):
+    webdriver = pytest.importorskip("selenium.webdriver")
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = str(CHROMIUM)  # with the Service path: selenium-manager never runs
+    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                 "--no-first-run", "--enable-unsafe-swiftshader", "--window-size=1280,3600",
+                 f"--user-data-dir={profile}"):
+        options.add_argument(flag)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    return webdriver.Chrome(service=Service(executable_path=str(CHROMEDRIVER)), options=options)
+
+
+def test_pareto_html_renders_every_point_without_console_errors(tmp_path):
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    data = compute_plot_data(small_trials(), paper=PAPER)
+    figures = build_figures(data)
+    page = tmp_path / "pareto.html"
+    page.write_text(render_html(figures), encoding="utf-8")
+    drawn = len(data.front.trials) + len(data.dominated.trials) + len(data.excluded.trials)
+    expected = {
+        f"pair-{data.objectives[x].name}-{data.objectives[y].name}": drawn + len(paper_values(data, (x, y))[0])
+        for x, y in objective_pairs(data.objectives)
+    }
+    assert (data.front.trials, data.dominated.trials, data.excluded.trials) == ((0, 2, 4), (1, 3), (5,))
+    assert list(expected.values()) == [8, 8, 8]
+
+    driver = _driver(tmp_path / "profile")
+    try:
+        driver.set_page_load_timeout(20)
+        driver.get(page.as_uri())
+        rendered = "return Array.from(arguments[0]).every(id => document.getElementById(id)?._fullLayout)"
+        WebDriverWait(driver, 15).until(lambda d: d.execute_script(rendered, list(figures)))
+        counts = {
+            key: driver.execute_script(
+                "return document.querySelectorAll(`#${arguments[0]} .scatterlayer .point`).length", key)
+            for key in expected
+        }
+        artifacts = Path(os.environ.get("DSEARCH_ARTIFACTS") or tmp_path)
+        artifacts.mkdir(parents=True, exist_ok=True)
+        screenshot = artifacts / "pareto.png"
+        driver.save_screenshot(str(screenshot))
+        print(f"screenshot: {screenshot}")
+        severe = [entry for entry in driver.get_log("browser") if entry["level"] == "SEVERE"]
+    finally:
+        driver.quit()
+
+    assert severe == []
+    assert counts == expected
+    assert screenshot.stat().st_size > 10_000

@@ -1,0 +1,49 @@
+"""`dsearch model`: the stage table, JSON totals, and one-line errors with exit status 2."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from dsearch.cli import main
+
+
+def run(*args):
+    proc = subprocess.run([sys.executable, "-m", "dsearch.cli", *args], capture_output=True, text=True)
+    return proc.returncode, proc.stdout, proc.stderr
+
+
+def test_model_json_gives_params_macs_and_flops(capsys):
+    assert main(["model", "densenet_bc100_k12", "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert (info["params"], info["macs"], info["flops"]) == (769_162, 287_929_692, 575_859_384)
+    assert [s["name"] for s in info["stages"]][1:3] == ["denseblock1", "transition1"]
+
+
+def test_model_from_set_options_matches_the_preset(capsys):
+    assert main(["model", "--set", "variant=densenet-bc", "--set", "depth=100", "--set", "growth_rate=12",
+                 "--input", "3x32x32", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["params"] == 769_162
+
+
+def test_model_table_labels_macs_and_flops():
+    code, out, _ = run("model", "densenet121")
+    assert code == 0
+    assert "7,978,856" in out and "2,834,161,664" in out and "FLOPs (2 × MACs): 5,668,323,328" in out
+
+
+@pytest.mark.parametrize("args, text", [
+    (["model", "densenet122"], "unknown preset 'densenet122'"),
+    (["model", "--set", "variant=densenet-bc", "--set", "depth=101"], "model.depth: L=101 doesn't fit"),
+    (["model", "--set", "grwth_rate=12"], "--set grwth_rate: unknown model field (did you mean growth_rate?)"),
+    (["model", "densenet121", "--input", "3x16x16"], "transition3 (after denseblock3)"),
+    (["model", "densenet121", "--input", "3by16"], "--input '3by16': expected CxHxW"),
+    (["model", "--nope"], "No such option: --nope"),
+    (["model"], "give a PRESET or --set options"),
+])
+def test_bad_input_is_one_line_exit_2_no_traceback(args, text):
+    code, out, err = run(*args)
+    assert code == 2
+    assert err.startswith("dsearch: error: ") and text in err
+    assert err.count("\n") == 1 and "Traceback" not in err

@@ -1,0 +1,187 @@
+"""Plot data (no browser): which trials are front / dominated / excluded, hypervolume history, figures, HTML."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from dsearch.paper import PaperPoint, paper_column, paper_points
+from dsearch.pareto import MAXIMIZE, MINIMIZE, OBJECTIVES, Objective
+from dsearch.plots import (
+    DOMINATED,
+    EXCLUDED,
+    FRONT,
+    IGNORED,
+    build_figures,
+    classify_trials,
+    compute_plot_data,
+    pareto_figures,
+    render_html,
+    write_pareto_html,
+)
+
+PAPER = (PaperPoint("densenet_bc100_k12", 0.9549, 769_162, 287_929_692),)
+
+
+def sample_trials() -> pd.DataFrame:
+    """Seven trials: 0, 1, 4 (a duplicate of 1), 5 on the front; 3 dominated; 2 pruned; 6 failed."""
+    return pd.DataFrame({
+        "trial": [0, 1, 2, 3, 4, 5, 6],
+        "state": ["COMPLETE", "COMPLETE", "PRUNED", "COMPLETE", "COMPLETE", "COMPLETE", "FAIL"],
+        "val_acc": [0.90, 0.93, 0.50, 0.88, 0.93, 0.95, np.nan],
+        "params": [1e6, 2e6, 3e5, 2e6, 2e6, 8e6, np.nan],
+        "macs": [3e8, 5e8, 1e8, 6e8, 5e8, 2e9, np.nan],
+        "epochs_trained": [4, 4, 1, 4, 4, 4, 0],
+        "curve": [[0.5, 0.7, 0.85, 0.9], [0.6, 0.8, 0.9, 0.93], [0.5], [0.4, 0.6, 0.8, 0.88],
+                  [0.6, 0.8, 0.9, 0.93], [0.7, 0.9, 0.94, 0.95], []],
+        "model.growth_rate": [12, 24, 12, 12, 24, 40, 12],
+        "train.lr": [0.1, 0.1, 0.05, 0.1, 0.1, 0.1, 0.1],
+    })
+
+
+def test_trials_are_classified_front_dominated_excluded_ignored():
+    status = classify_trials(sample_trials())
+    assert status.tolist() == [FRONT, FRONT, EXCLUDED, DOMINATED, FRONT, FRONT, IGNORED]
+
+
+def test_pruned_trials_join_the_front_only_with_include_partial():
+    status = classify_trials(sample_trials(), include_partial=True)
+    # The pruned trial has the fewest params and MACs, so it is non-dominated; nothing else changes.
+    assert status.tolist() == [FRONT, FRONT, FRONT, DOMINATED, FRONT, FRONT, IGNORED]
+
+
+def test_trials_short_of_max_epochs_are_excluded():
+    trials = sample_trials().assign(max_epochs=[4, 4, 4, 4, 4, 300, 4])
+    assert classify_trials(trials).tolist()[5] == EXCLUDED
+
+
+def test_plot_data_groups_knee_and_curves():
+    data = compute_plot_data(sample_trials(), paper=PAPER)
+    assert data.front.trials == (0, 1, 4, 5)
+    assert data.dominated.trials == (3,)
+    assert data.excluded.trials == (2,)
+    assert data.excluded.pruned == (True,)
+    assert data.front.values.tolist()[0] == [0.90, 1e6, 3e8]
+    assert data.knee == 1  # normalised front: (1, 0, 0), (0.4, 1/7, 2/17), (0.4, …), (0, 1, 1)
+    assert [c.trial for c in data.curves] == [0, 1, 4, 5]
+    assert data.curves[3].val_acc == (0.7, 0.9, 0.94, 0.95)
+    assert data.paper == PAPER
+
+
+def test_hover_shows_configuration_and_epochs_trained():
+    hover = compute_plot_data(sample_trials()).front.hover[0]
+    assert hover == ("<b>trial 0</b> (COMPLETE)<br>val_acc: 0.9<br>params: 1,000,000<br>"
+                     "macs: 300,000,000<br>epochs trained: 4<br>model.growth_rate = 12<br>train.lr = 0.1")
+
+
+def test_default_reference_and_hypervolume_history_by_hand():
+    data = compute_plot_data(sample_trials())
+    assert data.reference == pytest.approx((0.0, 8.8e6, 2.2e9))
+    assert data.history.trials == (0, 1, 3, 4, 5)  # usable trials only, by trial number
+    # Trial 0 alone: 0.9 × (8.8e6 − 1e6) × (2.2e9 − 3e8).
+    assert data.history.hypervolume[0] == pytest.approx(0.9 * 7.8e6 * 1.9e9)
+    # Trial 1 adds 0.03 × 6.8e6 × 1.7e9; trials 3 and 4 add nothing; trial 5 adds 0.02 × 0.8e6 × 0.2e9.
+    second = 0.9 * 7.8e6 * 1.9e9 + 0.03 * 6.8e6 * 1.7e9
+    assert data.history.hypervolume[1:4] == pytest.approx((second,) * 3)
+    assert data.history.hypervolume[4] == pytest.approx(second + 0.02 * 0.8e6 * 0.2e9)
+    assert np.all(np.diff(data.history.hypervolume) >= 0)
+
+
+def test_given_reference_is_kept():
+    data = compute_plot_data(sample_trials(), reference=(0.0, 1e7, 1e10))
+    assert data.reference == (0.0, 1e7, 1e10)
+
+
+def test_only_pruned_trials_give_no_front_no_reference_no_history():
+    trials = sample_trials().assign(state="PRUNED")
+    data = compute_plot_data(trials)
+    assert (data.front.trials, data.knee, data.reference, data.history.trials) == ((), None, None, ())
+    assert len(build_figures(data)) == 6
+
+
+def test_three_objectives_give_three_pairs_a_3d_view_curves_and_hypervolume():
+    figures = build_figures(compute_plot_data(sample_trials(), paper=PAPER))
+    assert list(figures) == ["pair-params-val_acc", "pair-macs-val_acc", "pair-macs-params",
+                             "front-3d", "learning-curves", "hypervolume"]
+    assert figures["front-3d"].data[0].type == "scatter3d"
+
+
+def test_two_objectives_have_no_3d_view():
+    objectives = (Objective("val_acc", MAXIMIZE), Objective("params", MINIMIZE))
+    figures = build_figures(compute_plot_data(sample_trials(), objectives))
+    assert list(figures) == ["pair-params-val_acc", "learning-curves", "hypervolume"]
+
+
+def test_pair_figure_draws_front_dominated_pruned_and_paper_as_svg_markers():
+    pair = build_figures(compute_plot_data(sample_trials(), paper=PAPER))["pair-params-val_acc"]
+    assert [t.type for t in pair.data] == ["scatter"] * 4
+    front, dominated, excluded, paper = pair.data
+    assert list(front.x) == [1e6, 2e6, 2e6, 8e6] and front.marker.opacity == 1.0
+    assert list(dominated.customdata) == [3] and dominated.marker.opacity < 1.0
+    assert list(excluded.marker.symbol) == ["x"] and list(front.marker.symbol) == ["circle"] * 4
+    assert paper.text == ("densenet_bc100_k12",) and paper.mode == "markers+text"
+    assert pair.layout.xaxis.title.text == "params"
+    assert pair.layout.yaxis.title.text == "validation accuracy (fraction)"
+    assert pair.layout.annotations[0].text == "knee: trial 1"
+
+
+def test_macs_axis_is_labelled_and_log_scaled_when_it_spans_100x():
+    pair = build_figures(compute_plot_data(sample_trials()))["pair-macs-params"]
+    assert pair.layout.xaxis.title.text == "MACs (multiply-accumulates, batch 1)"
+    assert (pair.layout.xaxis.type, pair.layout.yaxis.type) == ("linear", "linear")  # 1e8..2e9 is 20x
+    wide = sample_trials().assign(macs=[3e8, 5e8, 1e6, 6e8, 5e8, 2e9, np.nan])
+    log_pair = build_figures(compute_plot_data(wide))["pair-macs-params"]
+    assert log_pair.layout.xaxis.type == "log"
+    assert log_pair.layout.annotations[0].x == pytest.approx(np.log10(5e8))  # plotly wants log10 here
+
+
+def test_learning_curves_are_the_front_trials():
+    curves = build_figures(compute_plot_data(sample_trials()))["learning-curves"]
+    assert [t.name for t in curves.data] == ["trial 0", "trial 1 (knee)", "trial 4", "trial 5"]
+    assert list(curves.data[0].x) == [1, 2, 3, 4]
+
+
+def test_pareto_figures_lists_the_same_figures_in_order():
+    figures = pareto_figures(sample_trials(), OBJECTIVES, paper=PAPER)
+    assert [f.layout.title.text for f in figures][:2] == ["val_acc (maximize) vs params (minimize)",
+                                                          "val_acc (maximize) vs macs (minimize)"]
+    assert len(figures) == 6
+
+
+def test_html_embeds_plotlyjs_once_and_needs_no_cdn(tmp_path):
+    path = write_pareto_html(tmp_path / "pareto.html", sample_trials(), paper=PAPER)
+    html = path.read_text(encoding="utf-8")
+    assert "<script src=" not in html and "<link" not in html  # nothing fetched from a CDN
+    assert html.count("plotly.js v") >= 1 and len(html) > 3_000_000
+    for key in ("pair-params-val_acc", "front-3d", "learning-curves", "hypervolume"):
+        assert f'id="{key}"' in html
+    assert render_html({}, "empty").count("<section") == 0
+
+
+# --- the paper's reference points (Table 2, priced by dsearch.cost) ------------------------
+
+
+def test_paper_column_follows_dataset_and_augmentation():
+    assert [paper_column("cifar10", False), paper_column("cifar10", True)] == ["C10", "C10+"]
+    assert [paper_column("cifar100", False), paper_column("cifar100", True)] == ["C100", "C100+"]
+    assert paper_column("svhn", True) is None
+
+
+def test_paper_densenet_bc100_k12_on_c10_plus_is_95_49_percent_769162_params():
+    points = {p.name: p for p in paper_points("cifar10", augment=True)}
+    assert list(points) == ["densenet40_k12", "densenet100_k12", "densenet100_k24",
+                            "densenet_bc100_k12", "densenet_bc250_k24", "densenet_bc190_k40"]
+    assert points["densenet_bc100_k12"] == PaperPoint("densenet_bc100_k12", 0.9549, 769_162, 287_929_692)
+    assert points["densenet_bc190_k40"] == PaperPoint("densenet_bc190_k40", 0.9654, 25_624_430, 9_301_945_740)
+
+
+def test_paper_cifar100_points_are_priced_with_100_classes_and_skip_missing_entries():
+    points = {p.name: p for p in paper_points("cifar100", augment=False)}
+    assert "densenet_bc190_k40" not in points  # "–" in the paper's C100 column
+    assert points["densenet_bc100_k12"] == PaperPoint("densenet_bc100_k12", 0.7585, 800_032, 287_960_472)
+    assert points["densenet40_k12"].val_acc == 0.7245
+
+
+def test_paper_has_no_points_outside_cifar():
+    assert paper_points("svhn", augment=False) == [] and paper_points("imagenet", augment=True) == []
