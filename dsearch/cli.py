@@ -60,6 +60,22 @@ def model(
 # Sub-commands of later modules are registered here (train, run, pareto, dashboard, export).
 
 
+@app.command()
+def run(
+    space: Path = typer.Argument(..., help="search space YAML, e.g. spaces/cifar_bc.yaml"),
+    study_dir: Optional[Path] = typer.Option(None, "--study-dir", help="default: studies/<name>"),
+    storage: Optional[str] = typer.Option(None, "--storage", help="Optuna RDB URL (default: SQLite in the study dir)"),
+    ray_address: Optional[str] = typer.Option(None, "--ray-address", help="existing Ray cluster (default: local)"),
+    cpus_per_trial: Optional[float] = typer.Option(None, "--cpus-per-trial", help="override resources.cpu"),
+    gpus_per_trial: Optional[float] = typer.Option(None, "--gpus-per-trial", help="override resources.gpu"),
+    quiet: bool = typer.Option(False, "--quiet", help="no live table"),
+) -> None:
+    """Run (or continue) a search: Ray Tune + ASHA trials recorded in an Optuna study."""
+    from .search import print_summary, run_command
+
+    print_summary(run_command(space, study_dir, storage, ray_address, cpus_per_trial, gpus_per_trial, quiet))
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point: runs the app; UserError / validation errors → `dsearch: error: ...`, exit 2."""
     from pydantic import ValidationError
