@@ -21,6 +21,7 @@ class LiveView:
         self.t0 = time.time()
         self.epoch_times: list[float] = []
         self.live = None
+        self.enabled = enabled
         if enabled and self.console.is_terminal:
             from rich.live import Live
 
@@ -39,7 +40,7 @@ class LiveView:
     def _say(self, text: str) -> None:
         if self.live is not None:
             self.live.update(self._table())
-        else:
+        elif self.enabled:
             self.console.print(text, highlight=False)
 
     def started(self, trial_id: str, number: Any, config: dict) -> None:
