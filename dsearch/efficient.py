@@ -150,10 +150,64 @@ class _EfficientDenseLayer(torch.autograd.Function):
             del r1, g_r1
             g_x, g_g1, g_b1 = _bn_backward(layer.norm1, g_y1, x, g1, mean1, invstd1)
             del x, g_y1
-        sizes = [f.shape[1] for f in feats]
-        g_feats = [gf.to(d) if need else None for gf, d, need in
-                   zip(torch.split(g_x, sizes, 1), ctx.feat_dtypes, ctx.needs_input_grad[2:2 + n])]
+        g_feats = _split(g_x, feats, ctx.feat_dtypes, ctx.needs_input_grad[2:2 + n])
         return (None, None, *g_feats, g_g1, g_b1, g_w1, *grads_params)
+
+
+class _EfficientTransition(torch.autograd.Function):
+    """concat-BN-ReLU-1×1 conv-(dropout)-2×2 avg pool, keeping nothing but BN statistics."""
+
+    @staticmethod
+    def forward(ctx: Any, trans: nn.Module, n: int, *args: torch.Tensor) -> torch.Tensor:
+        feats, (g, b, w) = args[:n], args[n:]
+        dt = _compute_dtype(feats[0])
+        p = trans.drop.p if hasattr(trans, "drop") and trans.training else 0.0
+        with torch.autocast(feats[0].device.type, enabled=False):
+            x = torch.cat([f.float() for f in feats], 1)
+            y, mean, invstd = _bn_forward(trans.norm, x, g, b)
+            del x
+            out = _conv_forward(trans.conv, y.relu_(), w, dt)
+            del y
+            mask = _dropout_mask(out, p)
+            ctx.conv_shape = out.shape
+            out = trans.pool(_apply_mask(out, mask, p))
+        ctx.trans, ctx.n, ctx.p, ctx.dt, ctx.mask = trans, n, p, dt, mask
+        ctx.feat_dtypes = [f.dtype for f in feats]
+        ctx.save_for_backward(*feats, mean, invstd, g, b, w)
+        return out
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor):
+        trans, n, p, dt = ctx.trans, ctx.n, ctx.p, ctx.dt
+        saved = ctx.saved_tensors
+        feats, (mean, invstd, g, b, w) = saved[:n], saved[n:]
+        pool = trans.pool
+        with torch.autocast(grad.device.type, enabled=False):
+            shape_only = grad.new_empty(ctx.conv_shape)
+            g_c = aten.avg_pool2d_backward(grad, shape_only, [pool.kernel_size] * 2, [pool.stride] * 2,
+                                           [pool.padding] * 2, pool.ceil_mode, pool.count_include_pad, None)
+            del shape_only
+            g_c = _apply_mask(g_c, ctx.mask, p)
+            x = torch.cat([f.float() for f in feats], 1)
+            r = _bn_recompute(trans.norm, x, g, b, mean, invstd).relu_()
+            g_r, g_w = _conv_backward(trans.conv, g_c, r, w, dt, True)
+            del g_c
+            g_y = aten.threshold_backward(g_r.float(), r, 0)
+            del r, g_r
+            g_x, g_g, g_b = _bn_backward(trans.norm, g_y, x, g, mean, invstd)
+        return (None, None, *_split(g_x, feats, ctx.feat_dtypes, ctx.needs_input_grad[2:2 + n]), g_g, g_b, g_w)
+
+
+def _split(g_x: torch.Tensor, feats, dtypes, needs) -> list:
+    """The concatenation's gradient, back to one gradient per input feature map."""
+    sizes = [f.shape[1] for f in feats]
+    return [gf.to(d) if need else None for gf, d, need in zip(torch.split(g_x, sizes, 1), dtypes, needs)]
+
+
+def efficient_transition(trans: nn.Module, features: list[torch.Tensor]) -> torch.Tensor:
+    """Run a Transition on a block's feature list without keeping the concatenation for backward."""
+    return _EfficientTransition.apply(trans, len(features), *features, trans.norm.weight, trans.norm.bias,
+                                      trans.conv.weight)
 
 
 def efficient_layer(layer: nn.Module, features: list[torch.Tensor]) -> torch.Tensor:

@@ -10,7 +10,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .config import ModelConfig
-from .efficient import efficient_layer
+from .efficient import efficient_layer, efficient_transition
 
 
 class DenseLayer(nn.Module):
@@ -60,11 +60,15 @@ class DenseBlock(nn.ModuleDict):
                 in_features + i * growth_rate, growth_rate, bottleneck, bottleneck_width, dropout,
                 memory_efficient))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward_list(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """The block input and every layer's new maps, not yet concatenated."""
         features = [x]
         for layer in self.values():
             features.append(layer(features))
-        return torch.cat(features, 1)
+        return features
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cat(self.forward_list(x), 1)
 
 
 class Transition(nn.Sequential):
@@ -125,7 +129,20 @@ class DenseNet(nn.Module):
                 nn.init.zeros_(mod.bias)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        return self.features(x)
+        if not (self.config.memory_efficient and torch.is_grad_enabled()):
+            return self.features(x)
+        # Memory-efficient: a block hands its feature list to the transition, which concatenates
+        # inside an autograd Function that doesn't keep the (largest) concatenated tensor.
+        feats = None
+        for mod in self.features.children():
+            if isinstance(mod, DenseBlock):
+                feats = mod.forward_list(x)
+            elif isinstance(mod, Transition):
+                x, feats = efficient_transition(mod, feats), None
+            else:
+                x = mod(torch.cat(feats, 1) if feats is not None else x)
+                feats = None
+        return x
 
     def forward_head(self, x: torch.Tensor) -> torch.Tensor:
         x = F.adaptive_avg_pool2d(F.relu(x, inplace=True), 1)
