@@ -260,8 +260,8 @@ def summary_lines(report: Report) -> list[str]:
     if report.fail_reasons:
         states += " (FAIL: " + ", ".join(f"{n} {r}" for r, n in report.fail_reasons.items()) + ")"
     units = " × ".join(o.name for o in report.objectives)
-    ref = ", ".join(f"{o.name}={v:g}" if o.name == VAL_ACC else f"{o.name}={format_cell(o.name, v)}"
-                    for o, v in zip(report.objectives, report.reference.values))
+    # Plain numbers (no separators) so the point can be passed back as --reference.
+    ref = ", ".join(f"{o.name}={v:.10g}" for o, v in zip(report.objectives, report.reference.values))
     lines = [
         f"trials: {states}",
         f"hypervolume: {report.hypervolume:.6g} ({units}) against reference point ({ref}) "
@@ -366,24 +366,29 @@ def pareto_command(study_dir: Path, storage: str | None = None, objectives: str 
     return report
 
 
+def check_port(port: int) -> None:
+    """UserError if 127.0.0.1:port can't be bound (checked before the server prints its banner)."""
+    import socket
+
+    with socket.socket() as probe:
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError as e:
+            raise UserError(f"--port {port}: can't listen on 127.0.0.1 ({e.strerror or e}); pick another "
+                            f"(e.g. --port {port + 1})") from None
+
+
 def dashboard_command(study_dir: Path, storage: str | None = None, port: int = 8080) -> None:
     """Serve optuna-dashboard for the study on 127.0.0.1:port until Ctrl-C."""
-    import errno
-
     from optuna_dashboard import run_server
 
     study_dir = Path(study_dir)
     space = read_space(study_dir) if study_dir.is_dir() else None
     study = open_study(study_dir, storage, space)
-    url = storage_url(study_dir, storage)
+    check_port(port)
     print(f"optuna-dashboard for study {study.study_name}: "
           f"http://127.0.0.1:{port}/dashboard/studies/{study._study_id} (Ctrl-C to stop)", flush=True)
     try:
-        run_server(url, host="127.0.0.1", port=port)
-    except OSError as e:
-        if e.errno == errno.EADDRINUSE:
-            raise UserError(f"--port {port}: already in use on 127.0.0.1; pick another "
-                            f"(e.g. --port {port + 1})") from None
-        raise
+        run_server(storage_url(study_dir, storage), host="127.0.0.1", port=port)
     except KeyboardInterrupt:
         pass  # Ctrl-C is how the dashboard is meant to stop.

@@ -33,15 +33,14 @@ CHECKPOINT_FILE = "checkpoint.pt"
 
 def train_trial(config: dict, data: Any = None) -> None:
     """Ray Tune function trainable: fit() with a report after every epoch (+ checkpoint)."""
-    import tempfile
-
     from ray import tune
 
     from .train import fit
 
     run = RunConfig.model_validate(config["run"])
     fixed = {PARAMS: config[PARAMS], MACS: config[MACS]}
-    work = Path(tempfile.mkdtemp(prefix="dsearch-ckpt-"))
+    # fit() writes here each epoch; Ray copies it to the experiment's storage with each report.
+    work = Path(tune.get_context().get_trial_dir()) / "latest"
     ckpt_path = work / CHECKPOINT_FILE
     t0 = time.perf_counter()
     train_time = 0.0
@@ -218,7 +217,8 @@ def start_ray(address: str | None, num_cpus: int | None = None) -> None:
         if address:
             ray.init(address=address, **kwargs)
         else:
-            ray.init(num_cpus=num_cpus or os.cpu_count(), **kwargs)
+            # "local": always a fresh instance, never an unrelated `ray start` cluster found on the machine.
+            ray.init(address="local", num_cpus=num_cpus or os.cpu_count(), **kwargs)
     except (ConnectionError, RuntimeError, ValueError) as e:
         where = f"--ray-address {address}" if address else "a local Ray"
         raise UserError(f"could not start {where}: {str(e).splitlines()[0]}") from None

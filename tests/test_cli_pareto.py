@@ -1,0 +1,375 @@
+"""`dsearch pareto` and `dsearch dashboard` on small hand-made studies: front, hypervolume, CSV, HTML, errors."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+import warnings
+from pathlib import Path
+
+import optuna
+import pytest
+from optuna.distributions import FloatDistribution, IntDistribution
+from optuna.trial import TrialState, create_trial
+
+from dsearch.cli import main
+from dsearch.pareto import Objective
+from dsearch.report import choose_reference, figure_ids
+
+METRICS = ["val_acc", "params", "macs"]
+DIRECTIONS = ["maximize", "minimize", "minimize"]
+DISTRIBUTIONS = {"model.growth_rate": IntDistribution(8, 48), "train.lr": FloatDistribution(0.01, 0.3, log=True)}
+MAX_EPOCHS = 10
+SPACE_YAML = """\
+name: toy
+data: {name: cifar10, augment: true}
+budget: {max_epochs: 10, num_samples: 8}
+fixed: {model.variant: densenet-bc, model.depth: 40}
+params:
+  model.growth_rate: {type: int, low: 8, high: 48}
+  train.lr: {type: float, low: 0.01, high: 0.3, log: true}
+"""
+
+# (state, val_acc, params, macs, epochs trained, growth_rate, lr, fail_reason)
+TRIALS = [
+    ("COMPLETE", 0.90, 100_000, 10_000_000, 10, 12, 0.1, None),
+    ("COMPLETE", 0.93, 300_000, 40_000_000, 10, 24, 0.05, None),
+    ("COMPLETE", 0.88, 200_000, 2_000_000, 10, 16, 0.2, None),   # fewest MACs; dominated by 0 in 2-D
+    ("COMPLETE", 0.95, 800_000, 50_000_000, 10, 40, 0.2, None),
+    ("PRUNED", 0.97, 150_000, 15_000_000, 3, 20, 0.1, None),      # would dominate 1 and 3 if counted
+    ("FAIL", None, None, None, 0, 8, 0.3, "invalid"),
+    ("FAIL", None, None, None, 0, 48, 0.01, "over_budget"),
+    ("COMPLETE", 0.85, 400_000, 60_000_000, 10, 30, 0.02, None),  # dominated by 1
+]
+
+
+def add_trial(study, state, acc, params, macs, epochs, k, lr, reason):
+    """Record a trial as the runner does: values only for COMPLETE, last_* attrs for PRUNED."""
+    attrs = {"epochs_trained": epochs, "max_epochs": MAX_EPOCHS, "curve": [acc] * epochs if acc else []}
+    if state == "PRUNED":
+        attrs.update(last_val_acc=acc, last_params=params, last_macs=macs)
+    if reason:
+        attrs.update(fail_reason=reason, error="rejected before training")
+    study.add_trial(create_trial(
+        state=TrialState[state], values=[acc, params, macs] if state == "COMPLETE" else None,
+        params={"model.growth_rate": k, "train.lr": lr}, distributions=DISTRIBUTIONS, user_attrs=attrs))
+
+
+def make_study(study_dir: Path, trials=TRIALS, space: bool = True) -> optuna.Study:
+    study_dir.mkdir(parents=True, exist_ok=True)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(study_name="toy", directions=DIRECTIONS,
+                                storage=f"sqlite:///{study_dir / 'study.db'}")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        study.set_metric_names(METRICS)
+    for t in trials:
+        add_trial(study, *t)
+    if space:
+        (study_dir / "space.yaml").write_text(SPACE_YAML)
+    return study
+
+
+@pytest.fixture(scope="module")
+def template_dir(tmp_path_factory):
+    """The TRIALS study, built once; tests get copies (a SQLite study is one file)."""
+    path = tmp_path_factory.mktemp("template") / "toy"
+    make_study(path)
+    return path
+
+
+def copy_study(template_dir: Path, where: Path) -> Path:
+    return Path(shutil.copytree(template_dir, where / "toy"))
+
+
+@pytest.fixture
+def study_dir(template_dir, tmp_path):
+    return copy_study(template_dir, tmp_path)
+
+
+def run_pareto(capsys, study_dir, *args):
+    """Exit code and stdout of an in-process `dsearch pareto STUDY_DIR ARGS`."""
+    code = main(["pareto", str(study_dir), *args])
+    return code, capsys.readouterr().out
+
+
+@pytest.fixture(scope="module")
+def two_d(template_dir, tmp_path_factory):
+    """`dsearch pareto --objectives val_acc,params` run once: (study_dir, stdout)."""
+    study_dir = copy_study(template_dir, tmp_path_factory.mktemp("two_d"))
+    return study_dir, pareto_output(study_dir, "--objectives", "val_acc,params")
+
+
+@pytest.fixture(scope="module")
+def three_d(template_dir, tmp_path_factory):
+    """`dsearch pareto` (all three objectives) run once: (study_dir, stdout)."""
+    study_dir = copy_study(template_dir, tmp_path_factory.mktemp("three_d"))
+    return study_dir, pareto_output(study_dir)
+
+
+def pareto_output(study_dir, *args):
+    """stdout of a successful `dsearch pareto`, for module-scoped fixtures (capsys is per test)."""
+    import contextlib
+    import io
+
+    buffer = io.StringIO()
+    with contextlib.redirect_stdout(buffer):
+        assert main(["pareto", str(study_dir), *args]) == 0
+    return buffer.getvalue()
+
+
+def read_csv(path):
+    with open(path, newline="") as f:
+        return list(csv.reader(f))
+
+
+def dashboard_figures(study_dir):
+    from optuna_dashboard._custom_plot_data import get_plotly_graph_objects
+
+    study = optuna.load_study(study_name="toy", storage=f"sqlite:///{study_dir / 'study.db'}")
+    return get_plotly_graph_objects(study._storage.get_study_system_attrs(study._study_id))
+
+
+# --- the front ----------------------------------------------------------------------------------
+
+def test_two_objective_front_csv_and_hand_computed_hypervolume(two_d):
+    study_dir, out = two_d
+    # Front of the COMPLETE trials in (val_acc ↑, params ↓): 0, 1, 3; 2 is dominated by 0, 7 by 1,
+    # and PRUNED 4 doesn't count. Sorted by params.
+    assert read_csv(study_dir / "pareto.csv") == [
+        ["trial", "state", "val_acc", "params", "macs", "epochs_trained", "model.growth_rate", "train.lr"],
+        ["0", "COMPLETE", "0.9", "100000", "10000000", "10", "12", "0.1"],
+        ["1", "COMPLETE", "0.93", "300000", "40000000", "10", "24", "0.05"],
+        ["3", "COMPLETE", "0.95", "800000", "50000000", "10", "40", "0.2"],
+    ]
+    # Reference (default): val_acc 0, params 1.1 × 800,000 = 880,000. Slabs along params:
+    #   100k→300k at 0.90: 180,000;  300k→800k at 0.93: 465,000;  800k→880k at 0.95: 76,000  → 721,000.
+    assert "hypervolume: 721000 (val_acc × params) against reference point (val_acc=0, params=880000)" in out
+    assert "trials: 5 COMPLETE, 1 PRUNED, 2 FAIL (FAIL: 1 invalid, 1 over_budget)" in out
+    assert "best val_acc (maximize): 0.9500 (trial 3)" in out
+    assert "best params (minimize): 100,000 (trial 0)" in out
+    # Knee: scaled to [0, 1] over the front, trial 1 sits at (0.4, 0.286), distance 0.49 < 1 for 0 and 3.
+    assert "knee point: trial 1 (val_acc 0.9300, params 300,000)" in out
+    assert out.endswith(f"HTML: {study_dir / 'pareto.html'}\nCSV: {study_dir / 'pareto.csv'}\n")
+
+
+def test_table_lists_front_trials_with_objectives_params_and_epochs(two_d):
+    lines = two_d[1].splitlines()
+    header = next(line for line in lines if "trial" in line and "epochs trained" in line)
+    assert [c.strip() for c in header.strip("┃ ").split("┃")] == [
+        "trial", "val_acc", "params", "MACs", "model.growth_rate", "train.lr", "epochs trained"]
+    rows = [[c.strip() for c in line.strip("│ ").split("│")] for line in lines if line.startswith("│")]
+    assert rows == [["0", "0.9000", "100,000", "10,000,000", "12", "0.1", "10"],
+                    ["1", "0.9300", "300,000", "40,000,000", "24", "0.05", "10"],
+                    ["3", "0.9500", "800,000", "50,000,000", "40", "0.2", "10"]]
+
+
+def test_three_objective_front_and_hypervolume(three_d):
+    study_dir, out = three_d
+    # Trial 2 has the fewest MACs, so it joins the front in 3-D; 7 is still dominated by 1.
+    assert [r[0] for r in read_csv(study_dir / "pareto.csv")[1:]] == ["0", "2", "1", "3"]
+    # Reference (0, 880,000, 1.1 × 60M = 66M). Slices along MACs, each an area in (val_acc, params):
+    #   2M→10M   {2}:        0.88 × 680k                 = 598,400  × 8M  = 4.7872e12
+    #   10M→40M  {2, 0}:     0.90 × 780k                 = 702,000  × 30M = 2.106e13
+    #   40M→50M  {2, 0, 1}:  0.90 × 200k + 0.93 × 580k   = 719,400  × 10M = 7.194e12
+    #   50M→66M  all:        721,000 (the 2-D value)                × 16M = 1.1536e13
+    #   total 4.45772e13
+    assert "hypervolume: 4.45772e+13 (val_acc × params × macs)" in out
+    assert "reference point (val_acc=0, params=880000, macs=66000000)" in out
+    assert "best macs (minimize): 2,000,000 (trial 2)" in out
+
+
+def test_html_has_every_plot_div_and_the_papers_networks(three_d):
+    page = (three_d[0] / "pareto.html").read_text()
+    for div in ("pair-params-val_acc", "pair-macs-val_acc", "pair-macs-params", "front-3d", "learning-curves",
+                "hypervolume"):
+        assert f'id="{div}"' in page
+    # cifar10 with augmentation → the C10+ column of Table 2, all six networks.
+    for name in ("densenet40_k12", "densenet100_k24", "densenet_bc100_k12", "densenet_bc190_k40"):
+        assert name in page
+
+
+def test_figures_are_saved_for_the_dashboard_once_per_view(three_d, capsys):
+    study_dir, out = three_d
+    first = dashboard_figures(study_dir)
+    keys = ["pair-params-val_acc", "pair-macs-val_acc", "pair-macs-params", "front-3d", "learning-curves",
+            "hypervolume"]
+    objectives = tuple(Objective(m, d) for m, d in zip(METRICS, DIRECTIONS))
+    assert sorted(first) == sorted(figure_ids(objectives, False, keys))
+    assert "data" in json.loads(first["dsearch.val_acc-params-macs.pair-params-val_acc"])
+    assert "dashboard: 6 figures saved" in out
+    # Run again: same ids, overwritten rather than added.
+    assert run_pareto(capsys, study_dir)[0] == 0
+    assert sorted(dashboard_figures(study_dir)) == sorted(first)
+
+
+def test_reference_override_and_output_paths(study_dir, capsys):
+    html_path, csv_path = study_dir / "out" / "front.html", study_dir / "out" / "front.csv"
+    code, out = run_pareto(capsys, study_dir, "--objectives", "val_acc,params", "--reference", "0.5,1e6",
+                           "--html", str(html_path), "--csv", str(csv_path))
+    assert code == 0
+    # (300k−100k)(0.90−0.5) + (800k−300k)(0.93−0.5) + (1e6−800k)(0.95−0.5) = 80,000 + 215,000 + 90,000.
+    assert "hypervolume: 385000 (val_acc × params) against reference point (val_acc=0.5, params=1000000) " \
+           "[--reference]" in out
+    assert html_path.exists() and len(read_csv(csv_path)) == 4
+    assert not (study_dir / "pareto.html").exists() and not (study_dir / "pareto.csv").exists()
+
+
+def test_include_partial_adds_pruned_trials_marked_as_such(study_dir, capsys):
+    code, out = run_pareto(capsys, study_dir, "--objectives", "val_acc,params", "--include-partial")
+    assert code == 0
+    rows = read_csv(study_dir / "pareto.csv")
+    # PRUNED 4 (0.97 at 150k, after 3 of 10 epochs) dominates 1 and 3; 0 keeps the fewest params.
+    assert [r[:2] + r[5:6] for r in rows[1:]] == [["0", "COMPLETE", "10"], ["4", "PRUNED", "3"]]
+    assert any(line.startswith("│") and "PRUNED" in line for line in out.splitlines())  # a state column
+
+
+def test_without_space_yaml_there_are_no_paper_points(study_dir, capsys):
+    (study_dir / "space.yaml").unlink()
+    assert run_pareto(capsys, study_dir, "--objectives", "val_acc,params")[0] == 0
+    assert "densenet_bc100_k12" not in (study_dir / "pareto.html").read_text()
+
+
+def test_reference_comes_from_the_space_objectives_when_they_have_one():
+    objectives = (Objective("val_acc", "maximize"), Objective("params", "minimize"))
+    values = [[0.9, 1e5], [0.95, 8e5]]
+
+    class Space:  # space.Objective has no `reference` field yet; the report reads it with getattr.
+        objectives = [type("O", (), {"metric": "val_acc", "reference": 0.5})(),
+                      type("O", (), {"metric": "params"})()]
+
+    assert choose_reference(objectives, values, None, None).values == pytest.approx((0.0, 880_000.0))
+    ref = choose_reference(objectives, values, None, Space)
+    assert ref.values == pytest.approx((0.5, 880_000.0)) and "space.yaml" in ref.source
+    assert choose_reference(objectives, values, (0.1, 2e6), Space).values == (0.1, 2e6)
+
+
+# --- dashboard figures ----------------------------------------------------------------------------
+
+def test_figures_are_not_saved_while_a_run_holds_the_lock(study_dir, capsys):
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        (study_dir / "run.lock").write_text(f"{sleeper.pid}\n")
+        before = (study_dir / "study.db").read_bytes()
+        code, out = run_pareto(capsys, study_dir)
+        assert code == 0
+        assert f"dashboard figures not saved: a `dsearch run` (pid {sleeper.pid}) holds {study_dir}" in out
+        assert (study_dir / "study.db").read_bytes() == before
+        assert dashboard_figures(study_dir) == {}
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+
+
+# --- errors ---------------------------------------------------------------------------------------
+
+def snapshot(study_dir: Path):
+    db = study_dir / "study.db"
+    return (db.read_bytes(), db.stat().st_mtime_ns, sorted(p.name for p in study_dir.iterdir())) if db.exists() \
+        else sorted(p.name for p in study_dir.iterdir()) if study_dir.exists() else None
+
+
+def assert_one_line_error(capsys, code, *texts):
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.startswith("dsearch: error: ") and err.count("\n") == 1, err
+    for text in texts:
+        assert text in err, err
+
+
+@pytest.mark.parametrize("args, texts", [
+    (["--objectives", "val_acc,acc"], ["unknown objective 'acc'", "the study's objectives are val_acc, params, macs"]),
+    (["--objectives", "val_acc,val_acc"], ["named twice"]),
+    (["--reference", "0.5"], ["give 3 finite numbers, one per objective (val_acc,params,macs)"]),
+    (["--reference", "a,b,c"], ["expected numbers"]),
+])
+def test_bad_options_are_one_line_errors_and_leave_the_study_alone(study_dir, capsys, args, texts):
+    before = snapshot(study_dir)
+    assert_one_line_error(capsys, main(["pareto", str(study_dir), *args]), *texts)
+    assert snapshot(study_dir) == before
+
+
+def test_missing_study_directory_and_missing_study_db(tmp_path, capsys):
+    assert_one_line_error(capsys, main(["pareto", str(tmp_path / "nope")]), "study directory", "does not exist")
+    (tmp_path / "empty").mkdir()
+    assert_one_line_error(capsys, main(["pareto", str(tmp_path / "empty")]), "no study at")
+    assert list((tmp_path / "empty").iterdir()) == []
+
+
+def test_empty_study_is_an_error(tmp_path, capsys):
+    make_study(tmp_path / "s", trials=[])
+    before = snapshot(tmp_path / "s")
+    assert_one_line_error(capsys, main(["pareto", str(tmp_path / "s")]), "has no trials yet")
+    assert snapshot(tmp_path / "s") == before
+
+
+def test_no_complete_trial_suggests_include_partial(tmp_path, capsys):
+    make_study(tmp_path / "s", trials=[t for t in TRIALS if t[0] != "COMPLETE"])
+    before = snapshot(tmp_path / "s")
+    assert_one_line_error(capsys, main(["pareto", str(tmp_path / "s")]),
+                          "no COMPLETE trial", "1 PRUNED, 2 FAIL", "--include-partial")
+    assert snapshot(tmp_path / "s") == before
+    assert main(["pareto", str(tmp_path / "s"), "--include-partial"]) == 0
+
+
+def test_errors_have_no_traceback_in_a_real_process(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "dsearch.cli", "pareto", str(tmp_path / "nope")],
+                          capture_output=True, text=True)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert proc.stderr.startswith("dsearch: error: study directory") and proc.stderr.count("\n") == 1
+
+
+# --- dashboard ------------------------------------------------------------------------------------
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def get_json(url: str, deadline: float):
+    """GET url as JSON, retrying until the server answers or the deadline (time.monotonic) passes."""
+    while True:
+        try:
+            with urllib.request.urlopen(url, timeout=2) as r:
+                return json.load(r)
+        except OSError:
+            if time.monotonic() > deadline:
+                return None
+            time.sleep(0.2)
+
+
+def test_dashboard_serves_the_study_and_its_figures_on_localhost(three_d, tmp_path):
+    study_dir, _ = three_d  # `dsearch pareto` has saved its figures there
+    port = free_port()
+    log = tmp_path / "dashboard.log"  # a file, not a pipe nobody reads (a full pipe would stall the server)
+    with open(log, "w") as sink:
+        proc = subprocess.Popen([sys.executable, "-m", "dsearch.cli", "dashboard", str(study_dir),
+                                 "--port", str(port)], stdout=sink, stderr=subprocess.STDOUT)
+    try:
+        studies = get_json(f"http://127.0.0.1:{port}/api/studies", time.monotonic() + 30)
+        assert studies is not None, f"no answer within 30 s (exit status {proc.poll()}): {log.read_text()}"
+        assert [(s["study_id"], s["study_name"]) for s in studies["study_summaries"]] == [(1, "toy")]
+        detail = get_json(f"http://127.0.0.1:{port}/api/studies/1?after=0", time.monotonic() + 5)
+        assert "dsearch.val_acc-params-macs.front-3d" in [g["id"] for g in detail["plotly_graph_objects"]]
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+def test_dashboard_on_a_busy_port_is_a_one_line_error(study_dir, capsys):
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        code = main(["dashboard", str(study_dir), "--port", str(busy.getsockname()[1])])
+    assert_one_line_error(capsys, code, "can't listen on 127.0.0.1", "pick another")
+
+
+def test_dashboard_of_a_missing_study_is_a_one_line_error(tmp_path, capsys):
+    assert_one_line_error(capsys, main(["dashboard", str(tmp_path / "nope")]), "does not exist")
