@@ -57,7 +57,76 @@ def model(
     describe_command(preset, parse_sets(set_), input, as_json, list_)
 
 
+@app.command()
+def train(
+    preset: Optional[str] = typer.Argument(None, help="preset name (optional; see `dsearch model --list`)"),
+    dataset: str = typer.Option("cifar10", "--dataset", help="cifar10, cifar100, svhn, imagenet, fashion_mnist, "
+                                "mnist or synthetic"),
+    data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="folder holding the dataset's files, or a "
+                                            "torchvision-style root (default: $DSEARCH_DATA, standard places)"),
+    set_: Optional[List[str]] = typer.Option(None, "--set", help="key=value, value as YAML; model.*, train.*, "
+                                             "data.* (bare key: model.*), repeatable"),
+    epochs: Optional[int] = typer.Option(None, "--epochs", help="epochs (default: the paper's for the dataset)"),
+    subset: Optional[int] = typer.Option(None, "--subset", help="training images, drawn stratified after the "
+                                         "validation split"),
+    final: bool = typer.Option(False, "--final", help="train on train+val, report test accuracy once"),
+    resume: bool = typer.Option(False, "--resume", help="continue from OUT/checkpoint.pt"),
+    out: Optional[Path] = typer.Option(None, "--out", help="output folder (default runs/PRESET-DATASET)"),
+    download: bool = typer.Option(False, "--download", help="fetch missing data with torchvision's downloaders"),
+) -> None:
+    """Train one DenseNet under the paper's protocol; writes metrics.csv and summary.json."""
+    from .progress import train_command
+
+    train_command(preset, dataset, parse_sets(set_, default_prefix="model."), data_dir=data_dir, epochs=epochs,
+                  subset=subset, final=final, resume=resume, out=out, download=download)
+
+
 # Sub-commands of later modules are registered here (train, run, pareto, dashboard, export).
+
+
+@app.command()
+def pareto(
+    study_dir: Path = typer.Argument(..., help="study directory, e.g. studies/c10"),
+    objectives: Optional[str] = typer.Option(None, "--objectives",
+                                             help="comma list, a subset of the study's (default: all)"),
+    csv: Optional[Path] = typer.Option(None, "--csv", help="front as CSV (default: STUDY_DIR/pareto.csv)"),
+    html: Optional[Path] = typer.Option(None, "--html", help="plots as HTML (default: STUDY_DIR/pareto.html)"),
+    reference: Optional[str] = typer.Option(
+        None, "--reference", help="hypervolume reference point, comma list in objective order (raw units; "
+                                  "default: space.yaml's, else 0 / 1.1 × the largest)"),
+    include_partial: bool = typer.Option(False, "--include-partial",
+                                         help="add PRUNED trials at their last epoch"),
+    storage: Optional[str] = typer.Option(None, "--storage", help="Optuna RDB URL (default: SQLite in the study dir)"),
+) -> None:
+    """The Pareto front of full-budget trials: table, hypervolume, CSV, HTML, dashboard figures."""
+    from .report import pareto_command
+
+    pareto_command(study_dir, storage, objectives, csv, html, reference, include_partial)
+
+
+@app.command()
+def dashboard(
+    study_dir: Path = typer.Argument(..., help="study directory, e.g. studies/c10"),
+    port: int = typer.Option(8080, "--port", help="port on 127.0.0.1"),
+    storage: Optional[str] = typer.Option(None, "--storage", help="Optuna RDB URL (default: SQLite in the study dir)"),
+) -> None:
+    """Serve the study in optuna-dashboard on 127.0.0.1 (Ctrl-C stops it)."""
+    from .report import dashboard_command
+
+    dashboard_command(study_dir, storage, port)
+
+
+@app.command()
+def export(
+    study_dir: Path = typer.Argument(..., help="study directory, e.g. studies/c10"),
+    trial: int = typer.Option(..., "--trial", help="Optuna trial number"),
+    out: Path = typer.Option(..., "--out", help="folder to write model.pt, config.json, trial.json"),
+    storage: Optional[str] = typer.Option(None, "--storage", help="Optuna RDB URL (default: SQLite in the study dir)"),
+) -> None:
+    """A trial's weights and resolved config, loadable with dsearch.load_model(OUT)."""
+    from .export import export_command
+
+    export_command(study_dir, trial, out, storage)
 
 
 @app.command()

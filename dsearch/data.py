@@ -64,7 +64,7 @@ SYSTEM_DIRS: dict[str, tuple[str, ...]] = {
 
 def standard_dirs(name: str) -> list[Path]:
     """Standard places after --data-dir and $DSEARCH_DATA: ~/.cache/dsearch, ./data, system dirs."""
-    return [Path.home() / ".cache" / "dsearch", Path("data")] + [Path(p) for p in SYSTEM_DIRS.get(name, ())]
+    return [Path.home() / ".cache" / "dsearch", Path.cwd() / "data"] + [Path(p) for p in SYSTEM_DIRS.get(name, ())]
 
 
 def search_dirs(cfg: DataConfig) -> list[Path]:
@@ -290,15 +290,21 @@ class Data:
                        eval_x=self.eval_x.to(d), eval_y=self.eval_y.to(d), device=d)
 
     def __getstate__(self) -> dict:
-        return {**self.__dict__, "device": str(self.device)}
+        state = {k: v for k, v in self.__dict__.items() if k != "_affine"}
+        return {**state, "device": str(self.device)}
 
     def __setstate__(self, state: dict) -> None:
         self.__dict__.update(state, device=torch.device(state["device"]))
 
     def normalize(self, x: Tensor) -> Tensor:
         """uint8 images → float32, minus the train split's channel mean, over its std."""
-        scale = torch.tensor([1 / (255 * s) for s in self.std], device=x.device).view(1, -1, 1, 1)
-        shift = torch.tensor([m / s for m, s in zip(self.mean, self.std)], device=x.device).view(1, -1, 1, 1)
+        cache = self.__dict__.setdefault("_affine", {})
+        key = (x.device, self.mean, self.std)
+        if key not in cache:  # made once per device: no host-to-device copy per batch
+            scale = torch.tensor([1 / (255 * s) for s in self.std], device=x.device).view(1, -1, 1, 1)
+            shift = torch.tensor([m / s for m, s in zip(self.mean, self.std)], device=x.device).view(1, -1, 1, 1)
+            cache[key] = (scale, shift)
+        scale, shift = cache[key]
         return x.float() * scale - shift
 
     def train_batches(self, batch_size: int, *, epoch: int, seed: int = 0) -> Iterator[tuple[Tensor, Tensor]]:

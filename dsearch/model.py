@@ -112,7 +112,7 @@ class DenseNet(nn.Module):
                 out = int(c.compression * m)
                 self.features.add_module(f"transition{i + 1}", Transition(m, out, c.dropout))
                 m = out
-        self.features.add_module(f"norm{len(c.block_layers) + 1}", nn.BatchNorm2d(m))
+        self.features.add_module("norm5", nn.BatchNorm2d(m))   # torchvision: norm5 whatever the block count
         self.num_features = m
         self.classifier = nn.Linear(m, c.num_classes)
         self.reset_parameters()

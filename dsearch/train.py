@@ -6,7 +6,6 @@ Knows nothing of Ray or Optuna: a search hooks in through fit's per-epoch callba
 from __future__ import annotations
 
 import os
-import random
 import resource
 import time
 from contextlib import nullcontext
@@ -145,6 +144,43 @@ def _set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
 
 
+def _train_epoch(model: nn.Module, data, optimizer, scaler, t: TrainConfig, epoch: int, *, amp, channels_last: bool,
+                 on_batch, checkpoint_path, lr: float) -> tuple[float, int]:
+    """One pass over the training split; returns the mean loss (nats) and the images seen."""
+    device = data.device
+    steps = data.steps_per_epoch(t.batch_size)
+    model.train()
+    loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+    # The first non-finite step is tracked on the device, so a GPU checks it without a sync every step.
+    first_bad = torch.full((), -1, dtype=torch.long, device=device)
+    n = 0
+    for step, (x, y) in enumerate(data.train_batches(t.batch_size, epoch=epoch, seed=t.seed), start=1):
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with _autocast(device, amp):
+            out = model(x)
+        loss = F.cross_entropy(out.float(), y)
+        first_bad = torch.where(~torch.isfinite(loss.detach()) & (first_bad < 0), step, first_bad)
+        optimizer.zero_grad(set_to_none=True)
+        if scaler is not None:
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            loss.backward()
+            optimizer.step()
+        loss_sum += loss.detach().double() * len(y)
+        n += len(y)
+        if (device.type == "cpu" or step % 50 == 0 or step == steps) and int(first_bad) > 0:
+            kept = checkpoint_path if checkpoint_path else "not kept (no checkpoint path)"
+            raise TrainingDiverged(f"training diverged: the loss became {float(loss.detach()):.4g} at epoch "
+                                   f"{epoch + 1}, step {int(first_bad)} of {steps} (lr {lr:g}); the last good "
+                                   f"checkpoint is {kept}; try a lower train.lr")
+        if on_batch is not None:
+            on_batch(epoch + 1, step, steps, float(loss.detach()) if step % 10 == 0 or step == steps else None)
+    return float(loss_sum) / max(n, 1), n
+
+
 def fit(run: RunConfig, data, *, callback: Callable[[dict], Any] | None = None,
         checkpoint_path: Path | None = None, resume: bool = False, final: bool = False,
         model: nn.Module | None = None,
@@ -173,7 +209,6 @@ def fit(run: RunConfig, data, *, callback: Callable[[dict], Any] | None = None,
         from .model import build_model
 
         torch.manual_seed(t.seed)
-        random.seed(t.seed)
         model = build_model(run.model)
     model = model.to(device)
     if channels_last:
@@ -194,7 +229,6 @@ def fit(run: RunConfig, data, *, callback: Callable[[dict], Any] | None = None,
     step_model = torch.compile(model) if t.compile else model
     batch = t.batch_size
     eval_bs = eval_batch_size or 2 * batch
-    steps = data.steps_per_epoch(batch)
     train_time = 0.0
     images_done = 0
     loop_time = 0.0
@@ -206,37 +240,8 @@ def fit(run: RunConfig, data, *, callback: Callable[[dict], Any] | None = None,
             group["lr"] = lr
         # Every random draw of an epoch derives from (seed, epoch), so a resumed run matches a straight one.
         torch.manual_seed(_epoch_seed(t.seed, epoch))
-        step_model.train()
-        loss_sum = torch.zeros((), dtype=torch.float64, device=device)
-        first_bad = torch.full((), -1, dtype=torch.long, device=device)
-        n = 0
-        for step, (x, y) in enumerate(data.train_batches(batch, epoch=epoch, seed=t.seed), start=1):
-            if channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
-            with _autocast(device, amp):
-                out = step_model(x)
-            loss = F.cross_entropy(out.float(), y)
-            bad = ~torch.isfinite(loss.detach())
-            first_bad = torch.where(bad & (first_bad < 0), step, first_bad)
-            optimizer.zero_grad(set_to_none=True)
-            if scaler is not None:
-                scaler.scale(loss).backward()
-                scaler.step(optimizer)
-                scaler.update()
-            else:
-                loss.backward()
-                optimizer.step()
-            loss_sum += loss.detach().double() * len(y)
-            n += len(y)
-            check = device.type == "cpu" or step % 50 == 0 or step == steps
-            if check and int(first_bad) > 0:
-                raise TrainingDiverged(
-                    f"training diverged: loss is {float(loss):.4g} at epoch {epoch + 1}, step {int(first_bad)} "
-                    f"of {steps} (lr {lr:g}); the last good checkpoint is "
-                    f"{checkpoint_path if checkpoint_path else 'not kept (no checkpoint path)'}; "
-                    "try a lower train.lr")
-            if on_batch is not None:
-                on_batch(epoch + 1, step, steps, float(loss) if step % 10 == 0 or step == steps else None)
+        loss_mean, n = _train_epoch(step_model, data, optimizer, scaler, t, epoch, amp=amp, channels_last=channels_last,
+                                    on_batch=on_batch, checkpoint_path=checkpoint_path, lr=lr)
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         t_train = time.perf_counter() - e0
@@ -248,7 +253,7 @@ def fit(run: RunConfig, data, *, callback: Callable[[dict], Any] | None = None,
         epoch_time = time.perf_counter() - e0
         train_time += epoch_time
         images_done += n
-        metrics = {EPOCH: epoch + 1, TRAIN_LOSS: float(loss_sum) / max(n, 1), VAL_LOSS: val_loss,
+        metrics = {EPOCH: epoch + 1, TRAIN_LOSS: loss_mean, VAL_LOSS: val_loss,
                    VAL_ACC: val_acc, LR: lr, EPOCH_TIME: epoch_time, IMAGES_PER_S: n / max(t_train, 1e-9)}
         history.append(metrics)
         if checkpoint_path is not None:

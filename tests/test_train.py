@@ -1,0 +1,229 @@
+"""The paper's protocol: lr schedule, fit's callback and checkpoints, resume equality, NaN handling, `dsearch train`."""
+
+import csv
+import json
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from dsearch import data as D
+from dsearch.cli import main
+from dsearch.config import DataConfig, ModelConfig, RunConfig, TrainConfig
+from dsearch.data import load_data
+from dsearch.errors import UserError
+from dsearch.model import build_model
+from dsearch.train import METRICS, TrainingDiverged, fit, load_checkpoint, lr_at
+
+FASHION = Path("/usr/share/datasets/fashion-mnist")
+
+# A 2-block DenseNet-BC with dropout (so resume has RNG to get right), on 16×16 synthetic images.
+TINY = dict(block_layers=(2, 2), growth_rate=4, bottleneck=True, compression=0.5, init_features=8, dropout=0.1)
+
+
+def tiny_run(epochs=2, **train):
+    return RunConfig(model=ModelConfig(**TINY), data=DataConfig(name="synthetic", synthetic_size=256, val_size=64),
+                     train=TrainConfig(epochs=epochs, batch_size=32, **train))
+
+
+@pytest.fixture(scope="module")
+def tiny_data():
+    return load_data(tiny_run().data)
+
+
+def same_weights(a, b):
+    sa, sb = a.state_dict(), b.state_dict()
+    return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+# ------------------------------------------------------------------ the schedule and the defaults
+
+def test_lr_is_0_1_then_divided_by_10_at_50_and_75_percent_of_300_epochs():
+    assert [lr_at(e, 300) for e in (0, 149, 149.99)] == [0.1, 0.1, 0.1]
+    assert lr_at(150, 300) == pytest.approx(0.01) and lr_at(224, 300) == pytest.approx(0.01)
+    assert lr_at(225, 300) == pytest.approx(0.001) and lr_at(299, 300) == pytest.approx(0.001)
+
+
+def test_imagenet_schedule_divides_at_epochs_30_and_60_of_90():
+    ms = (1 / 3, 2 / 3)
+    assert lr_at(29, 90, milestones=ms) == 0.1
+    assert lr_at(30, 90, milestones=ms) == pytest.approx(0.01)
+    assert lr_at(59, 90, milestones=ms) == pytest.approx(0.01)
+    assert lr_at(60, 90, milestones=ms) == pytest.approx(0.001)
+    assert lr_at(20, 40, lr=0.5, gamma=0.2) == pytest.approx(0.1)
+
+
+def test_paper_protocol_defaults_per_dataset():
+    t = TrainConfig()
+    assert (t.lr, t.momentum, t.nesterov, t.weight_decay) == (0.1, 0.9, True, 1e-4)
+    def resolved(name):
+        r = RunConfig(model=ModelConfig(**TINY), data=DataConfig(name=name))
+        return r.train.epochs, r.train.batch_size, r.train.lr_milestones
+    assert resolved("cifar10") == (300, 64, (0.5, 0.75))
+    assert resolved("svhn") == (40, 64, (0.5, 0.75))
+    assert resolved("imagenet")[:2] == (90, 256)
+
+
+# ------------------------------------------------------------------ fit
+
+def test_fit_reports_every_metric_after_each_epoch_and_stops_when_told(tiny_data, tmp_path):
+    seen = []
+    result = fit(tiny_run(epochs=3), tiny_data, callback=lambda m: seen.append(m) or ("stop" if m["epoch"] == 2 else None))
+    assert [m["epoch"] for m in seen] == [1, 2] and result.stopped_early
+    assert all(set(m) == set(METRICS) for m in seen)
+    assert all(0 <= m["val_acc"] <= 1 and m["images_per_s"] > 0 and m["epoch_time"] > 0 for m in seen)
+    assert [m["lr"] for m in seen] == [0.1, 0.1]                    # 3 epochs: ÷10 from epoch index 1.5 → 2
+    assert result.best_val_acc == max(m["val_acc"] for m in seen) and result.final_val_acc == seen[-1]["val_acc"]
+    assert result.test_acc is None and result.history == seen
+    assert result.peak_memory_bytes > 0 and 0 < result.train_time_s <= result.wall_time_s
+    assert result.images_per_s > 0
+
+
+def test_same_seed_gives_the_same_weights_and_another_seed_does_not(tiny_data):
+    a = fit(tiny_run(epochs=1), tiny_data).model
+    b = fit(tiny_run(epochs=1), tiny_data).model
+    c = fit(tiny_run(epochs=1, seed=1), tiny_data).model
+    assert same_weights(a, b) and not same_weights(a, c)
+
+
+def test_checkpoint_is_written_atomically_and_loads_with_weights_only(tiny_data, tmp_path):
+    ck = tmp_path / "run" / "checkpoint.pt"
+    fit(tiny_run(epochs=1), tiny_data, checkpoint_path=ck)
+    assert [p.name for p in ck.parent.iterdir()] == ["checkpoint.pt"]  # no temp file left behind
+    state = torch.load(ck, weights_only=True)
+    assert {"model", "optimizer", "epoch", "lr", "rng", "history", "config"} <= set(state)
+    assert state["epoch"] == 1 and state["history"][0]["epoch"] == 1 and state["lr"] == 0.1
+
+
+def test_resume_gives_bitwise_the_same_weights_as_an_uninterrupted_run(tiny_data, tmp_path):
+    straight = fit(tiny_run(epochs=2), tiny_data)
+    ck = tmp_path / "ck.pt"
+    first = fit(tiny_run(epochs=2), tiny_data, checkpoint_path=ck, callback=lambda m: "stop")
+    assert first.epochs_trained == 1
+    torch.manual_seed(1234)                                         # a fresh process's RNG would differ too
+    resumed = fit(tiny_run(epochs=2), tiny_data, checkpoint_path=ck, resume=True)
+    assert [h["epoch"] for h in resumed.history] == [1, 2]
+    assert same_weights(straight.model, resumed.model)
+    assert resumed.history[1]["val_acc"] == straight.history[1]["val_acc"]
+
+
+def test_nan_loss_names_epoch_and_step_and_keeps_the_last_checkpoint(tiny_data, tmp_path):
+    torch.manual_seed(0)
+    model = build_model(tiny_run().model)
+    poisoned = {"on": False}
+    model.register_forward_hook(lambda m, i, out: out * float("nan") if poisoned["on"] else out)
+    after_epoch_1 = {}
+
+    def callback(m):
+        after_epoch_1.update({k: v.clone() for k, v in model.state_dict().items()})
+        poisoned["on"] = True
+
+    ck = tmp_path / "ck.pt"
+    with pytest.raises(TrainingDiverged, match=r"epoch 2, step 1 of 8") as e:
+        fit(tiny_run(epochs=2), tiny_data, model=model, checkpoint_path=ck, callback=callback)
+    assert isinstance(e.value, UserError) and str(ck) in str(e.value)
+    state = load_checkpoint(ck)
+    assert state["epoch"] == 1
+    assert all(torch.equal(state["model"][k], after_epoch_1[k]) for k in after_epoch_1)
+
+
+def test_final_run_has_no_validation_and_reports_test_once(tmp_path):
+    run = tiny_run(epochs=1)
+    data = load_data(run.data, final=True)
+    result = fit(run, data, final=True)
+    assert data.num_train == 256 + 64 and data.eval_split == "test"
+    assert result.history[0]["val_acc"] is None and result.best_val_acc is None
+    assert 0 <= result.test_acc <= 1
+    with pytest.raises(UserError, match="final"):
+        fit(run, data)                                              # test data can't pose as validation
+
+
+def test_num_threads_is_applied(tiny_data):
+    before = torch.get_num_threads()
+    try:
+        fit(tiny_run(epochs=1, num_threads=1), tiny_data)
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_synthetic_data_is_learnable_in_3_epochs():
+    run = RunConfig(model=ModelConfig(**{**TINY, "dropout": 0.0}),
+                    data=DataConfig(name="synthetic", synthetic_size=1000, val_size=200),
+                    train=TrainConfig(epochs=3, batch_size=32))
+    assert fit(run, load_data(run.data)).final_val_acc >= 0.9
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not (FASHION / "train-images-idx3-ubyte.gz").exists(), reason="apt install dataset-fashion-mnist")
+def test_densenet_bc_learns_real_fashion_mnist_to_80_percent_val_acc_within_2_minutes(monkeypatch):
+    monkeypatch.setattr(D, "SYSTEM_DIRS", {"fashion_mnist": (str(FASHION),)})
+    t0 = time.perf_counter()
+    run = RunConfig(model=ModelConfig(variant="densenet-bc", depth=16, growth_rate=8),
+                    data=DataConfig(name="fashion_mnist", train_subset=10000, augment=False),
+                    train=TrainConfig(epochs=3, num_threads=2))
+    result = fit(run, load_data(run.data))
+    elapsed = time.perf_counter() - t0
+    print(f"fashion_mnist val_acc {result.final_val_acc:.4f} in {elapsed:.1f} s, {result.images_per_s:.0f} img/s")
+    assert result.final_val_acc >= 0.80
+    assert elapsed <= 120
+
+
+# ------------------------------------------------------------------ dsearch train
+
+def test_dsearch_train_writes_metrics_csv_and_summary_json(tmp_path, capsys):
+    out = tmp_path / "run"
+    argv = ["train", "--dataset", "synthetic", "--set", "variant=densenet-bc", "--set", "depth=10",
+            "--set", "growth_rate=4", "--set", "data.synthetic_size=128", "--set", "data.val_size=32",
+            "--set", "train.batch_size=32", "--epochs", "2", "--out", str(out)]
+    assert main(argv) == 0
+    rows = list(csv.DictReader(open(out / "metrics.csv")))
+    assert [r["epoch"] for r in rows] == ["1", "2"] and list(rows[0]) == list(METRICS)
+    s = json.loads((out / "summary.json").read_text())
+    assert s["epochs"] == 2 and s["test_acc"] is None and 0 <= s["best_val_acc"] <= 1
+    assert s["params"] == sum(p.numel() for p in build_model(ModelConfig(**s["config"]["model"])).parameters())
+    assert s["macs"] > 0 and s["wall_time_s"] > 0 and s["images_per_s"] > 0
+    assert s["config"]["model"]["in_channels"] == 3 and s["config"]["train"]["epochs"] == 2
+    assert "epoch 2/2" in capsys.readouterr().out
+    assert main(argv) == 2                                          # refuses to overwrite a run
+    assert "--resume" in capsys.readouterr().err
+
+
+def test_dsearch_train_resume_and_final(tmp_path):
+    out = tmp_path / "run"
+    base = ["train", "--dataset", "synthetic", "--set", "block_layers=[2,2]", "--set", "growth_rate=4",
+            "--set", "data.synthetic_size=128", "--set", "data.val_size=32", "--out", str(out)]
+    assert main(base + ["--epochs", "1"]) == 0
+    assert main(base + ["--epochs", "2", "--resume"]) == 0
+    assert len(list(csv.DictReader(open(out / "metrics.csv")))) == 2
+    assert main(base + ["--epochs", "1", "--final", "--out", str(tmp_path / "final"), "--subset", "64"]) == 0
+    s = json.loads((tmp_path / "final" / "summary.json").read_text())
+    assert 0 <= s["test_acc"] <= 1 and s["best_val_acc"] is None and s["num_train"] == 64
+
+
+def test_dsearch_train_rejects_model_in_channels_and_unknown_keys(tmp_path, capsys):
+    assert main(["train", "--dataset", "synthetic", "--set", "in_channels=1", "--set", "depth=10"]) == 2
+    assert "comes from the dataset" in capsys.readouterr().err
+    assert main(["train", "--dataset", "synthetic", "--set", "optim.lr=1"]) == 2
+    assert "model.NAME, train.NAME or data.NAME" in capsys.readouterr().err
+
+
+def test_fit_trains_on_an_imagefolder_tree_through_dataloader_workers(tmp_path):
+    from PIL import Image
+
+    for split in ("train", "val"):
+        for c in ("n01", "n02"):
+            (tmp_path / split / c).mkdir(parents=True)
+            for i in range(3):
+                Image.new("RGB", (40, 30), (100 * i, 50, 200)).save(tmp_path / split / c / f"{i}.png")
+    run = RunConfig(model=ModelConfig(**TINY), data=DataConfig(name="imagenet", root=tmp_path, val_size=2, num_workers=1),
+                    train=TrainConfig(epochs=1, batch_size=2))
+    result = fit(run, load_data(run.data))
+    assert result.history[0]["epoch"] == 1 and 0 <= result.final_val_acc <= 1
+    assert result.model.classifier.out_features == 1000
+
+
+def test_bf16_autocast_and_channels_last_run_when_asked_on_cpu(tiny_data):
+    result = fit(tiny_run(epochs=1, amp="bf16", channels_last=True), tiny_data)
+    assert 0 <= result.final_val_acc <= 1 and result.history[0]["train_loss"] > 0
