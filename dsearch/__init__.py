@@ -1,11 +1,30 @@
-"""dsearch: search DenseNet architectures and training hyperparameters."""
+"""dsearch: search DenseNet architectures and training hyperparameters.
 
-from .config import DataConfig, ModelConfig, RunConfig, TrainConfig
-from .cost import count_macs, count_params
-from .errors import UserError
-from .export import load_model
-from .model import DenseNet, build_model
-from .presets import PRESETS
+The public API is imported lazily, so `import dsearch.space` (and the CLI's start) doesn't pay for torch.
+"""
 
-__all__ = ["DataConfig", "DenseNet", "ModelConfig", "PRESETS", "RunConfig", "TrainConfig",
-           "UserError", "build_model", "load_model", "count_macs", "count_params"]
+from importlib import import_module
+from typing import Any
+
+_API = {
+    "DataConfig": "config", "ModelConfig": "config", "RunConfig": "config", "TrainConfig": "config",
+    "count_macs": "cost", "count_params": "cost",
+    "UserError": "errors",
+    "load_model": "export",
+    "DenseNet": "model", "build_model": "model",
+    "PRESETS": "presets",
+}
+
+__all__ = sorted(_API)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _API:
+        value = getattr(import_module(f".{_API[name]}", __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'dsearch' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_API))

@@ -38,6 +38,7 @@ class Objective(_Strict):
 
     metric: str
     direction: Literal["maximize", "minimize"]
+    reference: float | None = None      # hypervolume reference value (raw units); None: dsearch pareto's default
 
     @field_validator("metric")
     @classmethod
