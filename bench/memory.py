@@ -1,7 +1,8 @@
 """Peak memory and step time of one training step, normal vs memory-efficient DenseNet.
 
 Each mode runs in a fresh process. CPU: peak RSS (getrusage high-water mark, glibc mmap threshold
-fixed at 128 KiB) above the process's baseline just before the step (model, optimizer and batch already built). GPU:
+fixed at 128 KiB) above the process's baseline just before the step; step time (median) in another
+process whose glibc keeps freed memory, like a caching allocator, and again with glibc's defaults (model, optimizer and batch already built). GPU:
 torch.cuda.max_memory_allocated above the allocation before the step.
 Usage: python bench/memory.py [--preset densenet_bc100_k12] [--batch 64] [--steps 5] [--device cpu]
 Writes bench/memory.json.
@@ -74,16 +75,28 @@ def main() -> None:
         print(json.dumps(measure(a.preset, a.child == "memory_efficient", a.batch, a.steps, a.device,
                                  a.threads)))
         return
-    rows = []
-    for mode in ("normal", "memory_efficient"):
-        # A fixed mmap threshold makes glibc map every large tensor separately and unmap it on free,
-        # so RSS follows the live tensors instead of the allocator's high-water heap.
-        env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": str(128 * 1024)}
+    def child(mode: str, env: dict) -> dict:
         out = subprocess.run([sys.executable, __file__, "--child", mode, "--preset", a.preset,
                               "--batch", str(a.batch), "--steps", str(a.steps), "--device", a.device,
                               "--threads", str(a.threads)], check=True, capture_output=True, text=True,
                              env=env)
-        rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
+        return json.loads(out.stdout.strip().splitlines()[-1])
+
+    # Memory: a fixed mmap threshold makes glibc map every large tensor separately and unmap it on
+    # free, so RSS follows the live tensors instead of the allocator's high-water heap.
+    # Time: glibc told to keep what it frees (as PyTorch's CUDA caching allocator does); with its
+    # defaults, each mode also pays page faults for memory it gave back — reported separately.
+    caching = {"MALLOC_MMAP_THRESHOLD_": str(2 ** 32), "MALLOC_TRIM_THRESHOLD_": str(2 ** 36),
+               "MALLOC_TOP_PAD_": str(2 ** 30)}
+    rows = []
+    for mode in ("normal", "memory_efficient"):
+        mem = child(mode, {**os.environ, "MALLOC_MMAP_THRESHOLD_": str(128 * 1024)})
+        if a.device == "cpu":
+            timed = child(mode, {**os.environ, **caching})
+            default = child(mode, dict(os.environ))
+            rows.append({**mem, "step_s": timed["step_s"], "step_s_default_malloc": default["step_s"]})
+        else:
+            rows.append(mem)
     normal, eff = rows
     result = {"preset": a.preset, "batch": a.batch, "device": a.device, "threads": a.threads,
               "rows": rows, "memory_ratio": eff["peak_bytes"] / normal["peak_bytes"],
@@ -92,6 +105,10 @@ def main() -> None:
     for r in rows:
         print(f"{r['mode']:<18}{r['peak_bytes'] / 2**20:>10.1f}{r['step_s']:>9.3f}")
     print(f"memory-efficient / normal: memory {result['memory_ratio']:.1%}, time {result['time_ratio']:.1%}")
+    if "step_s_default_malloc" in eff:
+        result["time_ratio_default_malloc"] = eff["step_s_default_malloc"] / normal["step_s_default_malloc"]
+        print(f"(with glibc's default malloc settings: {normal['step_s_default_malloc']:.3f} s vs "
+              f"{eff['step_s_default_malloc']:.3f} s, time {result['time_ratio_default_malloc']:.1%})")
     Path(__file__).with_suffix(".json").write_text(json.dumps(result, indent=2))
 
 
