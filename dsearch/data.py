@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .config import DATASETS, DataConfig
+from .config import DataConfig
 from .errors import UserError
 
 PAD = 4  # pixels of zero padding before the random crop (paper's "+" augmentation)

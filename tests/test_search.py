@@ -14,7 +14,6 @@ import pytest
 from optuna.trial import TrialState
 
 from dsearch import study as st
-from dsearch.cli import main
 
 pytestmark = pytest.mark.slow
 
