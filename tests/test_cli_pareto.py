@@ -240,9 +240,11 @@ def test_reference_comes_from_the_space_objectives_when_they_have_one():
     objectives = (Objective("val_acc", "maximize"), Objective("params", "minimize"))
     values = [[0.9, 1e5], [0.95, 8e5]]
 
-    class Space:  # space.Objective has no `reference` field yet; the report reads it with getattr.
-        objectives = [type("O", (), {"metric": "val_acc", "reference": 0.5})(),
-                      type("O", (), {"metric": "params"})()]
+    from dsearch import space as sp
+
+    class Space:  # the objectives as a space file gives them: a reference for val_acc only
+        objectives = [sp.Objective(metric="val_acc", direction="maximize", reference=0.5),
+                      sp.Objective(metric="params", direction="minimize")]
 
     assert choose_reference(objectives, values, None, None).values == pytest.approx((0.0, 880_000.0))
     ref = choose_reference(objectives, values, None, Space)
