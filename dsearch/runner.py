@@ -35,7 +35,7 @@ def train_trial(config: dict, data: Any = None) -> None:
     """Ray Tune function trainable: fit() with a report after every epoch (+ checkpoint)."""
     from ray import tune
 
-    from .train import fit
+    from .train import fit, peak_memory, resolve_device
 
     run = RunConfig.model_validate(config["run"])
     fixed = {PARAMS: config[PARAMS], MACS: config[MACS]}
@@ -44,28 +44,19 @@ def train_trial(config: dict, data: Any = None) -> None:
     ckpt_path = work / CHECKPOINT_FILE
     t0 = time.perf_counter()
     train_time = 0.0
+    device = resolve_device(run.train)
 
     def report(metrics: dict) -> None:
         nonlocal train_time
         train_time += metrics.get("epoch_time", 0.0)
         out = {**metrics, **fixed, st.TRAIN_TIME_S: train_time,
-               "trial_wall_s": time.perf_counter() - t0, st.PEAK_MEMORY_BYTES: _peak_memory()}
+               "trial_wall_s": time.perf_counter() - t0, st.PEAK_MEMORY_BYTES: peak_memory(device)}
         tune.report(out, checkpoint=tune.Checkpoint.from_directory(str(work)))
 
     try:
         fit(run, data, callback=report, checkpoint_path=ckpt_path)
     except Exception as e:  # recorded as FAIL(error) by the driver; the search goes on
         tune.report({TRIAL_ERROR: f"{type(e).__name__}: {e}"[:2000], **fixed})
-
-
-def _peak_memory() -> int:
-    import resource
-
-    import torch
-
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        return int(torch.cuda.max_memory_allocated())
-    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
 
 
 class StudySearcher(Searcher):

@@ -107,7 +107,8 @@ def _epoch_seed(seed: int, epoch: int) -> int:
     return (seed * 2_654_435_761 + epoch * 40_503 + 97) % (2 ** 63)
 
 
-def _peak_memory(device: torch.device) -> int:
+def peak_memory(device: torch.device) -> int:
+    """Peak bytes so far: the CUDA allocator's on GPU, the process's max RSS on CPU."""
     if device.type == "cuda":
         return int(torch.cuda.max_memory_allocated(device))
     return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024  # Linux reports KiB
@@ -279,7 +280,7 @@ def fit(run: RunConfig, data, *, callback: Callable[[dict], Any] | None = None,
     result.train_time_s = train_time
     result.images_per_s = images_done / loop_time if loop_time > 0 else 0.0
     result.wall_time_s = time.perf_counter() - t0
-    result.peak_memory_bytes = _peak_memory(device)
+    result.peak_memory_bytes = peak_memory(device)
     return result
 
 
