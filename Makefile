@@ -27,4 +27,5 @@ quickstart: install data
 	$(VENV)/bin/dsearch pareto studies/quickstart
 
 test: install data browser
+	$(VENV)/bin/lint-imports
 	$(VENV)/bin/pytest -q

@@ -70,8 +70,8 @@ def main() -> None:
     import torchvision.transforms as T
     from torch.utils.data import DataLoader
 
-    from dsearch.config import DataConfig
-    from dsearch.data import load_data
+    from dsearch.training.config import DataConfig
+    from dsearch.training.data import load_data
 
     torch.set_num_threads(args.threads)
     _Cifar10 = _cifar10_class()

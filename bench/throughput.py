@@ -39,11 +39,11 @@ def main() -> None:
 
     import torch
 
-    from dsearch.config import DataConfig, RunConfig, TrainConfig
-    from dsearch.data import load_data
-    from dsearch.model import build_model
-    from dsearch.presets import get_preset
-    from dsearch.train import fit, resolve_device
+    from dsearch.training.config import DataConfig, RunConfig, TrainConfig
+    from dsearch.training.data import load_data
+    from dsearch.net.model import build_model
+    from dsearch.net.presets import get_preset
+    from dsearch.training.loop import fit, resolve_device
 
     torch.set_num_threads(args.threads)
 

@@ -1,18 +1,19 @@
 """dsearch: search DenseNet architectures and training hyperparameters.
 
-The public API is imported lazily, so `import dsearch.space` (and the CLI's start) doesn't pay for torch.
+The public API is imported lazily, so `import dsearch.search.io` (and the CLI's start) doesn't pay for torch.
 """
 
 from importlib import import_module
 from typing import Any
 
 _API = {
-    "DataConfig": "config", "ModelConfig": "config", "RunConfig": "config", "TrainConfig": "config",
-    "count_macs": "cost", "count_params": "cost",
+    "ModelConfig": "net.config",
+    "count_macs": "net.cost", "count_params": "net.cost",
+    "DenseNet": "net.model", "build_model": "net.model",
+    "PRESETS": "net.presets",
+    "DataConfig": "training.config", "RunConfig": "training.config", "TrainConfig": "training.config",
     "UserError": "errors",
-    "load_model": "export",
-    "DenseNet": "model", "build_model": "model",
-    "PRESETS": "presets",
+    "load_model": "analysis.export",
 }
 
 __all__ = sorted(_API)

@@ -1,5 +1,23 @@
-"""The one exception type the CLI turns into `dsearch: error: ...` and exit status 2."""
+"""The errors a user can fix, and the one "did you mean" hint they share.
+
+The CLI turns a UserError into `dsearch: error: ...` and exit status 2.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable
 
 
 class UserError(Exception):
     """Bad input: a message that says what, where, and how to fix it, in one line."""
+
+
+class ConfigError(UserError, ValueError):
+    """A configuration that breaks a rule; the message names the field and the rule (`model.depth: ...`)."""
+
+
+def did_you_mean(word: object, options: Iterable[object]) -> str:
+    """'; did you mean X?' for the closest option (difflib, cutoff 0.6), or ''; goes at the end of a message."""
+    close = difflib.get_close_matches(str(word), [str(o) for o in options], n=1, cutoff=0.6)
+    return f"; did you mean {close[0]}?" if close else ""

@@ -8,8 +8,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from dsearch.paper import PaperPoint
-from dsearch.plots import build_figures, compute_plot_data, objective_pairs, paper_values, render_html
+from dsearch.analysis.paper import PaperPoint
+from dsearch.analysis.plots import build_figures, compute_plot_data, objective_pairs, paper_values, render_html
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMEDRIVER = Path("/usr/bin/chromedriver")
@@ -46,7 +46,7 @@ def small_trials() -> pd.DataFrame:
 
 
 def _driver(profile: Path):
-    webdriver = pytest.importorskip("selenium.webdriver")
+    from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 
     options = webdriver.ChromeOptions()
@@ -69,7 +69,7 @@ def test_pareto_html_renders_every_point_without_console_errors(tmp_path):
     page.write_text(render_html(figures), encoding="utf-8")
     drawn = len(data.front.trials) + len(data.dominated.trials) + len(data.excluded.trials)
     expected = {
-        f"pair-{data.objectives[x].name}-{data.objectives[y].name}": drawn + len(paper_values(data, (x, y))[0])
+        f"pair-{data.objectives[x].metric}-{data.objectives[y].metric}": drawn + len(paper_values(data, (x, y))[0])
         for x, y in objective_pairs(data.objectives)
     }
     assert (data.front.trials, data.dominated.trials, data.excluded.trials) == ((0, 2, 4), (1, 3), (5,))

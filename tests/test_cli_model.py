@@ -36,7 +36,8 @@ def test_model_table_labels_macs_and_flops():
 @pytest.mark.parametrize("args, text", [
     (["model", "densenet122"], "unknown preset 'densenet122'"),
     (["model", "--set", "variant=densenet-bc", "--set", "depth=101"], "model.depth: L=101 doesn't fit"),
-    (["model", "--set", "grwth_rate=12"], "--set grwth_rate: unknown model field (did you mean growth_rate?)"),
+    (["model", "--set", "grwth_rate=12"], "--set grwth_rate: unknown model field (fields: stem, block_layers, growth_rate"),
+    (["model", "--set", "grwth_rate=12"], "; did you mean growth_rate?"),
     (["model", "densenet121", "--input", "3x16x16"], "transition3 (after denseblock3)"),
     (["model", "densenet121", "--input", "3by16"], "--input '3by16': expected CxHxW"),
     (["model", "--nope"], "No such option: --nope"),

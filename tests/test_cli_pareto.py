@@ -19,8 +19,8 @@ from optuna.distributions import FloatDistribution, IntDistribution
 from optuna.trial import TrialState, create_trial
 
 from dsearch.cli import main
-from dsearch.pareto import Objective
-from dsearch.report import choose_reference, figure_ids
+from dsearch.metrics import Objective
+from dsearch.analysis.report import choose_reference, figure_ids
 
 METRICS = ["val_acc", "params", "macs"]
 DIRECTIONS = ["maximize", "minimize", "minimize"]
@@ -200,7 +200,7 @@ def test_figures_are_saved_for_the_dashboard_once_per_view(three_d, capsys):
     first = dashboard_figures(study_dir)
     keys = ["pair-params-val_acc", "pair-macs-val_acc", "pair-macs-params", "front-3d", "learning-curves",
             "hypervolume"]
-    objectives = tuple(Objective(m, d) for m, d in zip(METRICS, DIRECTIONS))
+    objectives = tuple(Objective(metric=m, direction=d) for m, d in zip(METRICS, DIRECTIONS))
     assert sorted(first) == sorted(figure_ids(objectives, False, keys))
     assert "data" in json.loads(first["dsearch.val_acc-params-macs.pair-params-val_acc"])
     assert "dashboard: 6 figures saved" in out
@@ -237,14 +237,14 @@ def test_without_space_yaml_there_are_no_paper_points(study_dir, capsys):
 
 
 def test_reference_comes_from_the_space_objectives_when_they_have_one():
-    objectives = (Objective("val_acc", "maximize"), Objective("params", "minimize"))
+    objectives = (Objective(metric="val_acc", direction="maximize"), Objective(metric="params", direction="minimize"))
     values = [[0.9, 1e5], [0.95, 8e5]]
 
-    from dsearch import space as sp
+    from dsearch.search import schema as sp
 
     class Space:  # the objectives as a space file gives them: a reference for val_acc only
-        objectives = [sp.Objective(metric="val_acc", direction="maximize", reference=0.5),
-                      sp.Objective(metric="params", direction="minimize")]
+        objectives = [sp.SpaceObjective(metric="val_acc", direction="maximize", reference=0.5),
+                      sp.SpaceObjective(metric="params", direction="minimize")]
 
     assert choose_reference(objectives, values, None, None).values == pytest.approx((0.0, 880_000.0))
     ref = choose_reference(objectives, values, None, Space)

@@ -1,12 +1,14 @@
 """ModelConfig: the paper's shorthand, derivation after overrides, and errors that name field and rule."""
 
+import re
+
 import pytest
 from pydantic import ValidationError
 
 from dsearch import PRESETS, ModelConfig, build_model
-from dsearch.config import format_validation_error
+from dsearch.strict import format_validation_error
 from dsearch.errors import UserError
-from dsearch.model import resolve_config
+from dsearch.net.presets import resolve_config
 
 
 def test_shorthand_derives_block_layers_with_the_papers_formula():
@@ -56,7 +58,7 @@ def test_bad_configs_name_the_field_and_the_rule(fields, field, rule):
         ModelConfig(**fields)
     message = format_validation_error(info.value)
     assert f"model.{field}" in message
-    assert pytest.importorskip("re").search(rule, message), message
+    assert re.search(rule, message), message
 
 
 def test_unknown_key_is_an_error_naming_it():
@@ -66,5 +68,5 @@ def test_unknown_key_is_an_error_naming_it():
 
 
 def test_unknown_preset_lists_the_known_ones():
-    with pytest.raises(UserError, match="unknown preset 'densenet122': did you mean densenet121"):
+    with pytest.raises(UserError, match=r"unknown preset 'densenet122' \(known presets: densenet40_k12, .*\); did you mean densenet121\?"):
         build_model("densenet122")

@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 from torch.utils.flop_counter import FlopCounterMode
 
 from dsearch import PRESETS, ModelConfig, build_model, count_macs, count_params
-from dsearch.cost import stages
+from dsearch.net.cost import stages
 
 # DESIGN.md's reference table: (params, MACs) at the stem's default input.
 REFERENCE = {

@@ -9,9 +9,11 @@ import numpy as np
 import pytest
 import torch
 
-from dsearch import data as D
-from dsearch.config import DataConfig, TrainConfig, RunConfig
-from dsearch.data import Data, augment, channel_stats, load_data, stratified_split
+from dsearch.training.data import locate as D
+from dsearch.training.config import DataConfig, TrainConfig, RunConfig
+from dsearch.training.data import Data, load_data
+from dsearch.training.data.splits import channel_stats, stratified_split
+from dsearch.training.data.tensors import PAD, augment
 from dsearch.errors import UserError
 
 FASHION = Path("/usr/share/datasets/fashion-mnist")
@@ -273,10 +275,71 @@ def test_normalisation_uses_the_training_split_channel_stats():
     mean, std = channel_stats(x)
     assert mean == pytest.approx((0.5, 0.2)) and std[0] == pytest.approx(0.5)
     d = load_data(DataConfig(name="synthetic", synthetic_size=300, val_size=50))
-    z = torch.cat([xb for xb, _ in d.eval_batches(1000)] + [d.normalize(d.train_x)])
+    assert (d.mean, d.std) == channel_stats(d.train_x)
+    # float32 normalisation: values lie within ±3 here, so each is off by ≲ 3·2⁻²³ ≈ 4e-7, and so are the
+    # channel mean and (population) std over 300·16·16 pixels; 1e-5 leaves a 20× margin.
     t = d.normalize(d.train_x)
-    assert t.mean((0, 2, 3)).abs().max() < 1e-4 and (t.std((0, 2, 3)) - 1).abs().max() < 1e-3
-    assert z.shape[0] == 350
+    assert t.mean((0, 2, 3)).abs().max() < 1e-5
+    assert (t.std((0, 2, 3), correction=0) - 1).abs().max() < 1e-5
+    # The eval split is shifted and scaled by the train split's numbers, not its own: pixel for pixel
+    # the same formula, so its channel mean is (eval mean − train mean) / train std, ≈ 2e-3…5e-3 here,
+    # which the 1e-5 tolerance tells apart from the 0 that the eval split's own stats would give.
+    z = torch.cat([xb for xb, _ in d.eval_batches(1000)])
+    m, s = (torch.tensor(v, dtype=torch.float64).view(1, -1, 1, 1) for v in (d.mean, d.std))
+    expected = (d.eval_x.double() / 255 - m) / s
+    assert z.shape == d.eval_x.shape and (z.double() - expected).abs().max() < 1e-5
+    eval_mean, _ = channel_stats(d.eval_x)
+    torch.testing.assert_close(z.double().mean((0, 2, 3)), (torch.tensor(eval_mean, dtype=torch.float64) - m.flatten()) / s.flatten(),
+                               rtol=0, atol=1e-5)
+
+
+def ramp_data(n, side=12, flip=True):
+    """n identical images whose pixel value rises left to right (10, 20, …); normalised x is uint8 / 255."""
+    x = (10 * torch.arange(1, side + 1, dtype=torch.uint8)).expand(n, 3, side, side).contiguous()
+    y = torch.zeros(n, dtype=torch.long)
+    return Data("ramp", x, y, x, y, 10, (0.0,) * 3, (1.0,) * 3, flip=flip, augment=True)
+
+
+def test_train_batches_flip_about_half_the_images_and_only_where_flippable():
+    n = 2000
+    d = ramp_data(n)
+    x = torch.cat([xb for xb, _ in d.train_batches(256, epoch=0, seed=0)])
+    pixels = (x * 255).round()
+    # Row 6 of 12 stays inside the image for every vertical shift of ±4, and a horizontal shift of
+    # ±4 keeps ≥ 8 of its 12 ramp pixels: non-zero pixels read rising (unflipped) or falling (flipped).
+    row = pixels[:, 0, 6]
+    visible = row > 0
+    assert visible.sum(1).min() >= 8
+    firsts = row.gather(1, visible.int().argmax(1, keepdim=True)).squeeze(1)
+    lasts = row.gather(1, (visible.int() * torch.arange(12)).argmax(1, keepdim=True)).squeeze(1)
+    flipped = firsts > lasts
+    # Each image flips with probability 1/2, independently: the count is Binomial(n, 1/2), whose
+    # fraction has σ = sqrt(0.25 / n) ≈ 0.011; 4σ is exceeded with probability ≈ 6e-5.
+    sigma = (0.25 / n) ** 0.5
+    assert abs(flipped.float().mean().item() - 0.5) < 4 * sigma
+    # Nothing but flips and shifts: every visible run is the ramp in one direction, in steps of 10.
+    steps = row[:, 1:] - row[:, :-1]
+    both = visible[:, 1:] & visible[:, :-1]
+    assert torch.where(both, steps.abs(), 10).eq(10).all()
+    unflippable = ramp_data(n, flip=False)
+    x = torch.cat([xb for xb, _ in unflippable.train_batches(256, epoch=0, seed=0)])
+    row = (x * 255).round()[:, 0, 6]
+    assert torch.where(row[:, 1:] > 0, row[:, 1:] - row[:, :-1], 10).ge(0).all()   # svhn, mnist: never
+
+
+def test_a_flipped_crop_is_the_mirror_image_of_the_unflipped_crop_at_the_same_offset():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randint(0, 256, (64, 3, 8, 8), dtype=torch.uint8, generator=g)
+    flips = torch.rand(64, generator=g) < 0.5                     # as Data.train_batches draws them
+    centred = torch.full((64, 2), PAD)                              # offset (PAD, PAD): no shift
+    out = augment(x, centred, flips)
+    assert torch.equal(out[flips], torch.flip(x[flips], dims=[-1])) and torch.equal(out[~flips], x[~flips])
+    offsets = torch.randint(0, 2 * PAD + 1, (64, 2), generator=g)
+    out = augment(x, offsets, flips)
+    unflipped = augment(x, offsets, None)
+    assert torch.equal(out[flips], torch.flip(unflipped[flips], dims=[-1]))
+    assert torch.equal(out[~flips], unflipped[~flips])
+    assert 0 < int(flips.sum()) < 64                               # both kinds occur (2⁻⁶³ to fail)
 
 
 def test_eval_batches_are_unaugmented_and_in_order():

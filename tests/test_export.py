@@ -13,8 +13,8 @@ from optuna.trial import TrialState, create_trial
 
 import dsearch
 from dsearch.cli import main
-from dsearch.config import RunConfig
-from dsearch.model import build_model
+from dsearch.training.config import RunConfig
+from dsearch.net.model import build_model
 
 # The smallest DenseNet-BC (one layer per block) on 8×8 synthetic images: ~2.7k params, CPU-instant.
 RUN = RunConfig(model=dict(variant="densenet-bc", depth=10, growth_rate=4),

@@ -82,8 +82,7 @@ def test_dropout_follows_every_conv_but_the_first():
     assert sum(isinstance(m, torch.nn.Dropout) for m in model.modules()) == 2
 
 
-def _train_step(model, x, seed):
-    torch.manual_seed(seed)
+def _train_step(model, x):
     out = model(x)
     (out * torch.arange(out.shape[1], dtype=out.dtype)).sum().backward()
     return out
@@ -93,14 +92,49 @@ def _train_step(model, x, seed):
     TINY,
     TINY.with_overrides(variant="densenet", depth=13),
     TINY.with_overrides(dropout=0.2),
-    TINY.with_overrides(block_layers=(2, 4), growth_rate=(3, 7), compression=0.7, in_channels=1),
+    TINY.with_overrides(block_layers=(2, 4), growth_rate=(3, 7), compression=0.7, in_channels=1,
+                        dropout=0.1),
 ])
-def test_memory_efficient_mode_gives_the_same_outputs_gradients_and_bn_statistics(config):
+def test_memory_efficient_mode_gives_the_same_outputs_gradients_and_bn_statistics(config, monkeypatch):
+    """The efficient layer draws each dropout mask once in forward and reuses it in backward.
+
+    The normal model is then run with the masks the efficient one drew, so the two agree whatever
+    the RNG does; a backward that drew a fresh mask would give other gradients.
+    """
+    import dsearch.net.efficient as E
+
     normal = build_model(config).train()
     efficient = build_model(config, memory_efficient=True).train()
     efficient.load_state_dict(normal.state_dict())
     x = torch.randn(8, config.in_channels, 32, 32)
-    torch.testing.assert_close(_train_step(efficient, x, 1), _train_step(normal, x, 1), rtol=1e-5, atol=1e-5)
+
+    drawn, draw = [], E._dropout_mask
+
+    def record(t, p):
+        drawn.append(draw(t, p))
+        return drawn[-1]
+
+    monkeypatch.setattr(E, "_dropout_mask", record)
+    out_efficient = _train_step(efficient, x)
+    masks = [m for m in drawn if m is not None]
+
+    replayed = iter(masks)
+
+    def replay(t, p=0.5, training=True, inplace=False):
+        mask = next(replayed)
+        assert training and mask.shape == t.shape
+        return t * mask / (1.0 - p)                                 # the efficient layer's scaling
+
+    monkeypatch.setattr(torch.nn.functional, "dropout", replay)    # DenseLayer's and nn.Dropout's
+    out_normal = _train_step(normal, x)
+    # 3 blocks × 3 bottleneck layers × 2 convs + 2 transitions = 20 sites; (2, 4) blocks: 12 + 1 = 13
+    sites = {0.0: 0, 0.2: 20, 0.1: 13}[config.dropout]
+    assert len(masks) == sites and next(replayed, None) is None   # every mask used, in draw order
+    # ≥ 8·6·8·8 = 3072 units a mask: all kept has probability ≤ 0.9^3072 ≈ 1e-141
+    assert all(0 < m.float().mean() < 1 for m in masks)
+
+    # float32 reassociation (recomputed BN, conv backward on recomputed inputs) is the only difference
+    torch.testing.assert_close(out_efficient, out_normal, rtol=1e-5, atol=1e-5)
     for (name, a), b in zip(normal.named_parameters(), efficient.parameters()):
         torch.testing.assert_close(b.grad, a.grad, rtol=1e-5, atol=1e-5, msg=name)
     for (name, a), b in zip(normal.named_buffers(), efficient.buffers()):

@@ -5,28 +5,23 @@ from __future__ import annotations
 import itertools
 
 import numpy as np
+import optuna
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dsearch.pareto import (
-    MACS,
-    MAXIMIZE,
-    MINIMIZE,
-    OBJECTIVES,
-    PARAMS,
-    VAL_ACC,
+from dsearch.analysis.pareto import (
     default_reference,
     direction_signs,
     fidelity_mask,
     hypervolume,
     hypervolume_history,
     knee_point,
-    nondominated_fronts,
-    nondominated_ranks,
     pareto_mask,
     to_minimization,
 )
+from dsearch.metrics import DEFAULT_OBJECTIVES as OBJECTIVES
+from dsearch.metrics import MACS, MAXIMIZE, MINIMIZE, PARAMS, VAL_ACC
 
 ACC_PARAMS = (MAXIMIZE, MINIMIZE)
 ACC_PARAMS_MACS = (MAXIMIZE, MINIMIZE, MINIMIZE)
@@ -83,10 +78,9 @@ def point_sets(draw, max_points=30, max_objectives=4):
 
 @settings(max_examples=300, deadline=None)
 @given(point_sets())
-def test_pareto_mask_and_ranks_match_brute_force_dominance(case):
+def test_pareto_mask_matches_brute_force_dominance(case):
     values, directions = case
     ranks = brute_ranks(values.tolist(), directions)
-    assert nondominated_ranks(values, directions).tolist() == ranks
     assert pareto_mask(values, directions).tolist() == [r == 0 for r in ranks]
 
 
@@ -94,8 +88,6 @@ def test_accuracy_vs_params_front_by_hand():
     values = [(0.90, 100), (0.95, 200), (0.90, 150), (0.95, 200), (0.80, 50), (0.94, 300)]
     # (0.90,150) loses to (0.90,100); (0.94,300) loses to (0.95,200); the duplicates both stay.
     assert pareto_mask(values, ACC_PARAMS).tolist() == [True, True, False, True, True, False]
-    assert nondominated_ranks(values, ACC_PARAMS).tolist() == [0, 0, 1, 0, 0, 1]
-    assert [f.tolist() for f in nondominated_fronts(values, ACC_PARAMS)] == [[0, 1, 3, 4], [2, 5]]
 
 
 def test_points_equal_in_every_objective_do_not_dominate_each_other():
@@ -103,14 +95,8 @@ def test_points_equal_in_every_objective_do_not_dominate_each_other():
     assert pareto_mask(values, ACC_PARAMS_MACS).tolist() == [True, True, True]
 
 
-def test_three_fronts_peel_in_order():
-    values = [(3, 3), (2, 2), (1, 1), (2, 1), (1, 2)]  # both minimised
-    assert nondominated_ranks(values, (MINIMIZE, MINIMIZE)).tolist() == [3, 2, 0, 1, 1]
-
-
 def test_empty_point_set_has_no_front():
     assert pareto_mask(np.empty((0, 3)), ACC_PARAMS_MACS).tolist() == []
-    assert nondominated_fronts(np.empty((0, 2)), ACC_PARAMS) == []
     assert knee_point(np.empty((0, 2)), ACC_PARAMS) is None
 
 
@@ -119,7 +105,6 @@ def test_maximised_columns_are_negated():
 
 
 def test_directions_accept_objectives_and_optuna_study_directions():
-    optuna = pytest.importorskip("optuna")
     maximize, minimize = optuna.study.StudyDirection.MAXIMIZE, optuna.study.StudyDirection.MINIMIZE
     assert direction_signs(OBJECTIVES).tolist() == [-1.0, 1.0, 1.0]
     assert direction_signs((maximize, minimize, "MINIMIZE")).tolist() == [-1.0, 1.0, 1.0]
@@ -168,10 +153,12 @@ def test_points_beyond_the_reference_add_no_volume():
     assert hypervolume(values, ACC_PARAMS, (0.0, 3.0)) == pytest.approx(0.9 * 2.0)
 
 
-def test_hypervolume_defaults_to_the_default_reference():
+def test_hypervolume_without_a_reference_uses_0_and_1_1_times_the_largest_cost():
     values = [(0.90, 1_000_000, 300_000_000), (0.95, 2_000_000, 500_000_000)]
-    expected = hypervolume(values, OBJECTIVES, default_reference(values, OBJECTIVES))
-    assert hypervolume(values, OBJECTIVES) == expected
+    assert default_reference(values, OBJECTIVES).tolist() == pytest.approx([0.0, 2.2e6, 5.5e8])
+    # Two boxes up to (0, 2.2e6, 5.5e8) less their overlap:
+    # 0.90·1.2e6·2.5e8 + 0.95·0.2e6·0.5e8 − 0.90·0.2e6·0.5e8 = 2.7e14 + 9.5e12 − 9.0e12 = 2.705e14.
+    assert hypervolume(values, OBJECTIVES) == pytest.approx(2.705e14)
     assert hypervolume(np.empty((0, 3)), OBJECTIVES) == 0.0
 
 
@@ -229,7 +216,6 @@ def test_fidelity_keeps_full_budget_complete_trials_unless_partial_is_asked_for(
 
 def _optuna_study(rows, pruned=()):
     """A 3-objective study whose trial i reports rows[i] (PRUNED if i in pruned)."""
-    optuna = pytest.importorskip("optuna")
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(directions=[MAXIMIZE, MINIMIZE, MINIMIZE])
     for i, row in enumerate(rows):

@@ -6,9 +6,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from dsearch.paper import PaperPoint, paper_column, paper_points
-from dsearch.pareto import MAXIMIZE, MINIMIZE, OBJECTIVES, Objective
-from dsearch.plots import (
+from dsearch.analysis.paper import PaperPoint, paper_column, paper_points
+from dsearch.metrics import DEFAULT_OBJECTIVES as OBJECTIVES
+from dsearch.metrics import MAXIMIZE, MINIMIZE, Objective
+from dsearch.analysis.plots import (
     DOMINATED,
     EXCLUDED,
     FRONT,
@@ -16,9 +17,7 @@ from dsearch.plots import (
     build_figures,
     classify_trials,
     compute_plot_data,
-    pareto_figures,
     render_html,
-    write_pareto_html,
 )
 
 PAPER = (PaperPoint("densenet_bc100_k12", 0.9549, 769_162, 287_929_692),)
@@ -108,7 +107,7 @@ def test_three_objectives_give_three_pairs_a_3d_view_curves_and_hypervolume():
 
 
 def test_two_objectives_have_no_3d_view():
-    objectives = (Objective("val_acc", MAXIMIZE), Objective("params", MINIMIZE))
+    objectives = (Objective(metric="val_acc", direction=MAXIMIZE), Objective(metric="params", direction=MINIMIZE))
     figures = build_figures(compute_plot_data(sample_trials(), objectives))
     assert list(figures) == ["pair-params-val_acc", "learning-curves", "hypervolume"]
 
@@ -142,16 +141,15 @@ def test_learning_curves_are_the_front_trials():
     assert list(curves.data[0].x) == [1, 2, 3, 4]
 
 
-def test_pareto_figures_lists_the_same_figures_in_order():
-    figures = pareto_figures(sample_trials(), OBJECTIVES, paper=PAPER)
+def test_figures_come_in_html_order_pairs_first():
+    figures = list(build_figures(compute_plot_data(sample_trials(), OBJECTIVES, paper=PAPER)).values())
     assert [f.layout.title.text for f in figures][:2] == ["val_acc (maximize) vs params (minimize)",
                                                           "val_acc (maximize) vs macs (minimize)"]
     assert len(figures) == 6
 
 
 def test_html_embeds_plotlyjs_once_and_needs_no_cdn(tmp_path):
-    path = write_pareto_html(tmp_path / "pareto.html", sample_trials(), paper=PAPER)
-    html = path.read_text(encoding="utf-8")
+    html = render_html(build_figures(compute_plot_data(sample_trials(), paper=PAPER)))
     assert "<script src=" not in html and "<link" not in html  # nothing fetched from a CDN
     assert html.count("plotly.js v") >= 1 and len(html) > 3_000_000
     for key in ("pair-params-val_acc", "front-3d", "learning-curves", "hypervolume"):
@@ -159,7 +157,7 @@ def test_html_embeds_plotlyjs_once_and_needs_no_cdn(tmp_path):
     assert render_html({}, "empty").count("<section") == 0
 
 
-# --- the paper's reference points (Table 2, priced by dsearch.cost) ------------------------
+# --- the paper's reference points (Table 2, priced by dsearch.net.cost) ------------------------
 
 
 def test_paper_column_follows_dataset_and_augmentation():

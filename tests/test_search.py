@@ -13,7 +13,8 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from dsearch import study as st
+from dsearch.search import record as st
+from dsearch.search.lock import StudyLock
 
 pytestmark = pytest.mark.slow
 
@@ -142,7 +143,7 @@ def test_killed_driver_resumes_with_interrupted_trials_requeued(tmp_path):
     study = optuna.load_study(study_name="tiny", storage=url)
     interrupted = [t for t in study.trials if t.state == TrialState.RUNNING]
     assert len(interrupted) == 1
-    assert st.StudyLock(study_dir).holder() is None       # the dead driver's lock is stale
+    assert StudyLock(study_dir).holder() is None       # the dead driver's lock is stale
 
     again = dsearch("run", space, "--study-dir", study_dir, "--quiet")
     assert again.returncode == 0, again.stderr

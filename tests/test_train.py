@@ -8,13 +8,17 @@ from pathlib import Path
 import pytest
 import torch
 
-from dsearch import data as D
+from dsearch.training.data import locate as D
 from dsearch.cli import main
-from dsearch.config import DataConfig, ModelConfig, RunConfig, TrainConfig
-from dsearch.data import load_data
+from dsearch.net.config import ModelConfig
+from dsearch.training.config import DataConfig, RunConfig, TrainConfig
+from dsearch.training.data import load_data
 from dsearch.errors import UserError
-from dsearch.model import build_model
-from dsearch.train import METRICS, TrainingDiverged, fit, load_checkpoint, lr_at
+from dsearch.net.model import build_model
+from dsearch.metrics import EPOCH_METRICS as METRICS
+from dsearch.training.checkpoint import load_checkpoint
+from dsearch.training.loop import TrainingDiverged, evaluate, fit
+from dsearch.training.schedule import lr_at
 
 FASHION = Path("/usr/share/datasets/fashion-mnist")
 
@@ -63,6 +67,33 @@ def test_paper_protocol_defaults_per_dataset():
     assert resolved("cifar10") == (300, 64, (0.5, 0.75))
     assert resolved("svhn") == (40, 64, (0.5, 0.75))
     assert resolved("imagenet")[:2] == (90, 256)
+
+
+# ------------------------------------------------------------------ evaluate
+
+def test_evaluate_runs_in_eval_mode_and_leaves_batchnorm_buffers_untouched(tiny_data):
+    model = build_model(tiny_run().model).train()                   # dropout 0.1
+    with torch.no_grad():
+        for x, _ in tiny_data.train_batches(32, epoch=0):           # running stats away from their init 0 / 1
+            model(x)
+    before = {k: v.clone() for k, v in model.named_buffers()}       # running_mean, running_var, num_batches_tracked
+    assert {k.rsplit(".", 1)[1] for k in before} == {"running_mean", "running_var", "num_batches_tracked"}
+    modes = []
+    for m in model.modules():
+        m.register_forward_pre_hook(lambda mod, args: modes.append(mod.training))
+    first = evaluate(model, tiny_data, batch_size=24)
+    assert modes and not any(modes)                                  # every module, dropout and BN included
+    assert all(torch.equal(v, before[k]) for k, v in model.named_buffers())
+    model.train()
+    assert evaluate(model, tiny_data, batch_size=24) == first       # bitwise: no dropout draw, no stats update
+    # One mean over all 64 images, not a mean of the 24 + 24 + 16 batch means (those weight the last
+    # batch 1/3 instead of 1/4); float64 sums leave float32's rounding, ~1e-6 relative, as the tolerance.
+    with torch.no_grad():
+        x, y = map(torch.cat, zip(*tiny_data.eval_batches(64)))
+        out = model.eval()(x)
+    loss, acc = first
+    assert loss == pytest.approx(torch.nn.functional.cross_entropy(out, y).item(), rel=1e-5)
+    assert acc == (out.argmax(1) == y).sum().item() / 64
 
 
 # ------------------------------------------------------------------ fit

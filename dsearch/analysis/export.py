@@ -1,0 +1,112 @@
+"""`dsearch export` and `load_model`: a trial's weights and resolved config as a folder anyone can load.
+
+The folder holds `model.pt` (a plain state_dict, loadable with `torch.load(weights_only=True)`),
+`config.json` (the trial's RunConfig as JSON) and `trial.json` (where it came from: study, trial
+number, state, values, epochs). The checkpoint is checked against the config before anything is
+written, so an export that succeeds always loads.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ..errors import UserError
+from ..search.record import CHECKPOINT, EPOCHS_TRAINED, FAIL_REASON, MAX_EPOCHS, find_trial, trial_config
+
+if TYPE_CHECKING:
+    import optuna
+    import torch
+    from optuna.trial import FrozenTrial
+
+MODEL_FILE = "model.pt"
+CONFIG_FILE = "config.json"
+TRIAL_FILE = "trial.json"
+
+
+def checkpoint_file(trial: "FrozenTrial", study_dir: Path) -> Path:
+    """The trial's checkpoint path (a relative one is taken from the study directory); UserError if none."""
+    raw = trial.user_attrs.get(CHECKPOINT)
+    if not raw:
+        why = trial.user_attrs.get(FAIL_REASON) or "no checkpoint recorded"
+        raise UserError(f"trial {trial.number} has no checkpoint (state {trial.state.name}, {why}); "
+                        "only trials that trained keep weights")
+    path = Path(raw)
+    if not path.is_absolute():
+        path = Path(study_dir) / path
+    if not path.is_file():
+        raise UserError(f"trial {trial.number}'s checkpoint {path} does not exist (moved or deleted? "
+                        "the study records the path it was written to)")
+    return path
+
+
+def read_weights(path: Path) -> dict[str, "torch.Tensor"]:
+    """The model state_dict inside a checkpoint written by train.fit (key "model")."""
+    from ..training.checkpoint import load_checkpoint
+
+    try:
+        checkpoint = load_checkpoint(path)
+    except Exception as e:  # torch raises several types for a bad or foreign file
+        raise UserError(f"checkpoint {path}: can't read it ({e.__class__.__name__}: "
+                        f"{str(e).splitlines()[0] if str(e) else 'no detail'})") from None
+    if not isinstance(checkpoint, dict) or not isinstance(checkpoint.get("model"), dict):
+        raise UserError(f"checkpoint {path}: expected a dict with a 'model' state_dict (as train.fit writes)")
+    return checkpoint["model"]
+
+
+def build_loaded(model_config: dict[str, Any], state_dict: dict[str, "torch.Tensor"], source: str) -> "torch.nn.Module":
+    """build_model(config) with the weights loaded strictly, in eval mode; UserError on any mismatch."""
+    from ..net.config import ModelConfig
+    from ..net.model import build_model
+
+    model = build_model(ModelConfig.model_validate(model_config))
+    try:
+        model.load_state_dict(state_dict, strict=True)
+    except RuntimeError as e:
+        detail = " ".join(str(e).split())
+        raise UserError(f"{source}: weights don't match the config's model ({detail[:300]})") from None
+    return model.eval()
+
+
+def export_trial(study: "optuna.Study", study_dir: Path, number: int, out: Path) -> Path:
+    """Write trial `number`'s weights, config and provenance to folder `out`; returns `out`."""
+    import torch
+
+    trial = find_trial(study, number)
+    path = checkpoint_file(trial, study_dir)
+    weights = read_weights(path)
+    config = trial_config(trial)
+    model = build_loaded(config["model"], weights, f"trial {number}'s checkpoint {path}")
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out}: exists and is not a directory")
+    provenance = {
+        "study": study.study_name, "trial": trial.number, "state": trial.state.name,
+        "values": dict(zip(study.metric_names, trial.values)) if trial.values and study.metric_names
+        else trial.values,
+        "params": trial.params, EPOCHS_TRAINED: trial.user_attrs.get(EPOCHS_TRAINED),
+        MAX_EPOCHS: trial.user_attrs.get(MAX_EPOCHS), "checkpoint": str(path),
+    }
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        torch.save(model.state_dict(), out / MODEL_FILE)
+        (out / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
+        (out / TRIAL_FILE).write_text(json.dumps(provenance, indent=2) + "\n")
+    except OSError as e:
+        raise UserError(f"--out {out}: can't write ({e.strerror or e.__class__.__name__})") from None
+    return out
+
+
+def load_model(path: str | Path, device: "str | torch.device" = "cpu") -> "torch.nn.Module":
+    """The DenseNet exported to folder `path` (config.json's model section + model.pt), eval mode, on `device`."""
+    import torch
+
+    folder = Path(path)
+    config_file, model_file = folder / CONFIG_FILE, folder / MODEL_FILE
+    for f in (config_file, model_file):
+        if not f.is_file():
+            raise UserError(f"{folder}: no {f.name} (expected a folder written by `dsearch export`)")
+    config = json.loads(config_file.read_text())
+    weights = torch.load(model_file, map_location="cpu", weights_only=True)
+    return build_loaded(config["model"], weights, str(model_file)).to(device)

@@ -1,0 +1,302 @@
+"""A study's full-budget front as a report: the table, the summary lines, CSV, HTML and dashboard figures.
+
+The front, hypervolume and knee come from pareto.py / plots.py; this module reads the trials,
+checks the options that choose objectives and the reference point, and writes the outputs.
+`dsearch pareto` (cli/pareto.py) checks everything before it writes anything.
+"""
+
+from __future__ import annotations
+
+import html
+import math
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, NamedTuple
+
+from ..errors import UserError
+from ..metrics import MACS, PARAMS, VAL_ACC, Objective
+from ..search.io import SPACE_FILE
+from ..search.record import EPOCHS_TRAINED, FAIL_REASON, MAX_EPOCHS, trials_frame
+from .pareto import PRUNED, default_reference, hypervolume
+
+if TYPE_CHECKING:
+    import optuna
+    import pandas as pd
+    import plotly.graph_objects as go
+    from rich.console import Console
+    from rich.table import Table
+
+    from .plots import PlotData
+    from ..search.schema import SearchSpace
+
+CSV_FILE = "pareto.csv"
+HTML_FILE = "pareto.html"
+STATE_ORDER = ("COMPLETE", "PRUNED", "FAIL", "RUNNING", "WAITING")
+COUNT_METRICS = (PARAMS, MACS)  # whole numbers: written without ".0"
+_ARROWS = {"maximize": "↑", "minimize": "↓"}
+
+
+class Reference(NamedTuple):
+    """A hypervolume reference point in the objectives' raw units, and where it came from."""
+
+    values: tuple[float, ...]
+    source: str
+
+
+class Report(NamedTuple):
+    """What `dsearch pareto` prints and writes; front rows are in CSV column order, sorted by params."""
+
+    study_name: str
+    objectives: tuple[Objective, ...]
+    metrics: tuple[str, ...]
+    param_keys: tuple[str, ...]
+    counts: dict[str, int]
+    fail_reasons: dict[str, int]
+    front: "pd.DataFrame"
+    usable: int
+    reference: Reference
+    hypervolume: float
+    best: dict[str, tuple[int, float]]
+    plot: "PlotData"
+
+
+# --- reading ----------------------------------------------------------------------------------
+
+def select_objectives(study: "optuna.Study", text: str | None) -> tuple[Objective, ...]:
+    """The study's objectives, or the comma-separated subset named in `--objectives`, in that order."""
+    names = study.metric_names or [f"objective_{i}" for i in range(len(study.directions))]
+    everything = {n: Objective(metric=n, direction=d.name.lower()) for n, d in zip(names, study.directions)}
+    if text is None:
+        return tuple(everything.values())
+    chosen = [w.strip() for w in text.split(",") if w.strip()]
+    listing = f"the study's objectives are {', '.join(names)}"
+    unknown = [w for w in chosen if w not in everything]
+    if unknown or not chosen:
+        what = f"unknown objective {unknown[0]!r}" if unknown else "no objective given"
+        raise UserError(f"--objectives {text!r}: {what}; {listing}")
+    if len(set(chosen)) < len(chosen):
+        raise UserError(f"--objectives {text!r}: an objective is named twice; {listing}")
+    return tuple(everything[w] for w in chosen)
+
+
+def parse_reference(text: str | None, objectives: tuple[Objective, ...]) -> tuple[float, ...] | None:
+    """`--reference 0,1e6` → one float per objective, raw units, in `objectives` order."""
+    if text is None:
+        return None
+    names = ",".join(o.metric for o in objectives)
+    try:
+        values = tuple(float(w) for w in text.split(","))
+    except ValueError:
+        raise UserError(f"--reference {text!r}: expected numbers separated by commas ({names})") from None
+    if len(values) != len(objectives) or not all(math.isfinite(v) for v in values):
+        raise UserError(f"--reference {text!r}: give {len(objectives)} finite numbers, one per objective "
+                        f"({names})")
+    return values
+
+
+def prepare_frame(study: "optuna.Study") -> "pd.DataFrame":
+    """study.trials_frame, with COMPLETE trials lacking `max_epochs` taken as full budget."""
+    frame = trials_frame(study)
+    if len(frame) and MAX_EPOCHS in frame:
+        # A COMPLETE trial is full-budget by study.tell_finished's rule; hand-made ones may lack the attr.
+        missing = frame[MAX_EPOCHS].isna() & (frame["state"] == "COMPLETE")
+        frame[MAX_EPOCHS] = frame[MAX_EPOCHS].where(~missing, frame[EPOCHS_TRAINED]).astype(float)
+    return frame
+
+
+def count_states(frame: "pd.DataFrame") -> tuple[dict[str, int], dict[str, int]]:
+    """Trials by state (STATE_ORDER first), and FAIL trials by fail_reason."""
+    counts = frame["state"].value_counts().to_dict()
+    by_state = {s: int(counts.pop(s)) for s in STATE_ORDER if s in counts}
+    by_state.update({s: int(n) for s, n in sorted(counts.items())})
+    reasons = frame.loc[frame["state"] == "FAIL", FAIL_REASON].fillna("unknown").value_counts().to_dict()
+    return by_state, {str(r): int(n) for r, n in sorted(reasons.items())}
+
+
+def choose_reference(objectives: tuple[Objective, ...], usable_values: Any, override: tuple[float, ...] | None,
+                     space: "SearchSpace | None") -> Reference:
+    """--reference, else each objective's `reference` in space.yaml, else `default_reference`."""
+    if override is not None:
+        return Reference(override, "--reference")
+    default = default_reference(usable_values, objectives)
+    by_metric = {o.metric: o.reference for o in (space.objectives if space else ())}
+    given = [by_metric.get(o.metric) for o in objectives]
+    values = tuple(float(g) if g is not None else float(d) for g, d in zip(given, default))
+    if all(g is None for g in given):
+        return Reference(values, "default: 0 for a maximised objective, 1.1 × the largest usable value "
+                                 "for a minimised one")
+    if all(g is not None for g in given):
+        return Reference(values, f"from {SPACE_FILE}")
+    return Reference(values, f"from {SPACE_FILE} where given, else the default")
+
+
+def _int_keys(study: "optuna.Study") -> set[str]:
+    """Searched keys sampled from integer distributions (their column is float once NaN is mixed in)."""
+    from optuna.distributions import IntDistribution
+
+    return {k for t in study.get_trials(deepcopy=False) for k, d in t.distributions.items()
+            if isinstance(d, IntDistribution)}
+
+
+def _front_rows(frame: "pd.DataFrame", on_front: Any, metrics: tuple[str, ...], params: tuple[str, ...],
+                int_keys: set[str]) -> "pd.DataFrame":
+    rows = frame.loc[on_front, ["trial", "state", *metrics, EPOCHS_TRAINED, *params]].copy()
+    for column in [m for m in metrics if m in COUNT_METRICS] + [p for p in params if p in int_keys]:
+        values = rows[column].astype(float)
+        if values.dropna().apply(float.is_integer).all():
+            rows[column] = values.round().astype("Int64")
+    rows[EPOCHS_TRAINED] = rows[EPOCHS_TRAINED].astype(int)
+    order = [PARAMS, "trial"] if PARAMS in rows else ["trial"]
+    return rows.sort_values(order, kind="stable").reset_index(drop=True)
+
+
+def build_report(study: "optuna.Study", objectives: tuple[Objective, ...], include_partial: bool = False,
+                 reference: tuple[float, ...] | None = None, space: "SearchSpace | None" = None) -> Report:
+    """Front (classify_trials), hypervolume, best per objective, knee and plot data; UserError if no usable trial."""
+    from .paper import paper_points
+    from .plots import DOMINATED, FRONT, classify_trials, compute_plot_data, parameter_columns
+
+    frame = prepare_frame(study)
+    if frame.empty:
+        raise UserError(f"study {study.study_name!r} has no trials yet (`dsearch run` records them)")
+    counts, reasons = count_states(frame)
+    status = classify_trials(frame, objectives, include_partial)
+    usable = frame[status.isin((FRONT, DOMINATED))]
+    if usable.empty:
+        raise UserError(_no_usable_trial(study.study_name, counts, include_partial))
+    names = [o.metric for o in objectives]
+    values = usable[names].to_numpy(dtype=float)
+    ref = choose_reference(objectives, values, reference, space)
+    paper = paper_points(space.data.name, space.data.augment) if space is not None else []
+    metrics = tuple(study.metric_names or names)
+    params = tuple(sorted(parameter_columns(frame)))
+    best = {}
+    for o in objectives:
+        row = usable[o.metric].idxmax() if o.direction == "maximize" else usable[o.metric].idxmin()
+        best[o.metric] = (int(usable.at[row, "trial"]), float(usable.at[row, o.metric]))
+    return Report(
+        study_name=study.study_name, objectives=objectives, metrics=metrics, param_keys=params,
+        counts=counts, fail_reasons=reasons,
+        front=_front_rows(frame, status == FRONT, metrics, params, _int_keys(study)),
+        usable=len(usable), reference=ref, hypervolume=hypervolume(values, objectives, ref.values), best=best,
+        plot=compute_plot_data(frame, objectives, ref.values, paper, include_partial),
+    )
+
+
+def _no_usable_trial(name: str, counts: dict[str, int], include_partial: bool) -> str:
+    states = ", ".join(f"{n} {s}" for s, n in counts.items())
+    if include_partial:
+        return f"study {name!r} has no COMPLETE or PRUNED trial with values yet ({states})"
+    hint = " (add --include-partial to use the PRUNED ones at their last epoch)" if counts.get(PRUNED) else ""
+    return f"study {name!r} has no COMPLETE trial trained to its full budget yet ({states}){hint}"
+
+
+# --- printing ---------------------------------------------------------------------------------
+
+def format_cell(column: str, value: Any) -> str:
+    """A table cell: val_acc to 4 decimals, whole numbers with thousands separators, other floats to 4 digits."""
+    import numbers
+
+    import pandas as pd
+
+    if value is None or pd.isna(value):
+        return "–"
+    if isinstance(value, (bool, str)) or not isinstance(value, numbers.Real):
+        return str(value)
+    if column == VAL_ACC:
+        return f"{float(value):.4f}"
+    if isinstance(value, numbers.Integral) or column in COUNT_METRICS and float(value).is_integer():
+        return f"{int(value):,}"
+    return f"{float(value):.4g}"
+
+
+def front_table(report: Report, include_partial: bool = False) -> "Table":
+    """The front as a rich table: trial, (state), objectives, searched params, epochs trained."""
+    from rich.table import Table
+
+    chosen = ", ".join(f"{o.metric} {_ARROWS.get(o.direction, '')}" for o in report.objectives)
+    table = Table(title=f"Pareto front of {report.study_name}: {len(report.front)} of {report.usable} "
+                        f"usable trials ({chosen})")
+    columns = ["trial", *(["state"] if include_partial else []), *report.metrics, *report.param_keys,
+               EPOCHS_TRAINED]
+    headers = {MACS: "MACs", EPOCHS_TRAINED: "epochs trained"}
+    for c in columns:
+        table.add_column(headers.get(c, c), justify="left" if c == "state" else "right", no_wrap=True)
+    for _, row in report.front.iterrows():
+        table.add_row(*(format_cell(c, row[c]) for c in columns))
+    return table
+
+
+def summary_lines(report: Report) -> list[str]:
+    """Trials by state, hypervolume beside its reference point, best per objective, knee point."""
+    states = ", ".join(f"{n} {s}" for s, n in report.counts.items())
+    if report.fail_reasons:
+        states += " (FAIL: " + ", ".join(f"{n} {r}" for r, n in report.fail_reasons.items()) + ")"
+    units = " × ".join(o.metric for o in report.objectives)
+    # Plain numbers (no separators) so the point can be passed back as --reference.
+    ref = ", ".join(f"{o.metric}={v:.10g}" for o, v in zip(report.objectives, report.reference.values))
+    lines = [
+        f"trials: {states}",
+        f"hypervolume: {report.hypervolume:.6g} ({units}) against reference point ({ref}) "
+        f"[{report.reference.source}]",
+    ]
+    for o in report.objectives:
+        trial, value = report.best[o.metric]
+        lines.append(f"best {o.metric} ({o.direction}): {format_cell(o.metric, value)} (trial {trial})")
+    if report.plot.knee is not None:
+        row = report.front[report.front["trial"] == report.plot.knee].iloc[0]
+        at = ", ".join(f"{o.metric} {format_cell(o.metric, row[o.metric])}" for o in report.objectives)
+        lines.append(f"knee point: trial {report.plot.knee} ({at}): nearest the ideal point, "
+                     "each objective scaled to [0, 1] over the front")
+    return lines
+
+
+def make_console() -> "Console":
+    """Rich console: no markup (paths may hold brackets); wide when not a terminal so tables don't fold."""
+    from rich.console import Console
+
+    console = Console(highlight=False, markup=False, soft_wrap=True)
+    if not console.is_terminal:
+        console.width = max(console.width, 200)
+    return console
+
+
+# --- writing ----------------------------------------------------------------------------------
+
+def write_csv(report: Report, path: Path) -> Path:
+    """One row per front trial: trial, state, the study's metrics, epochs_trained, searched keys (dotted)."""
+    return _write(path, "--csv", lambda p: report.front.to_csv(p, index=False))
+
+
+def write_html(figures: dict[str, "go.Figure"], path: Path, title: str) -> Path:
+    """The figures as one self-contained page (plots.render_html)."""
+    from .plots import render_html
+
+    return _write(path, "--html", lambda p: p.write_text(render_html(figures, html.escape(title)),
+                                                          encoding="utf-8"))
+
+
+def _write(path: Path, option: str, write: Any) -> Path:
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write(path)
+    except OSError as e:
+        raise UserError(f"{option} {path}: can't write ({e.strerror or e.__class__.__name__})") from None
+    return path
+
+
+def figure_ids(objectives: tuple[Objective, ...], include_partial: bool, keys: Any) -> list[str]:
+    """Dashboard graph ids, one per figure and view: `dsearch.val_acc-params.pair-params-val_acc`.
+
+    Fixed ids make a repeated `dsearch pareto` overwrite its figures instead of adding copies
+    (optuna-dashboard's default id is a fresh uuid4 per call).
+    """
+    view = "dsearch." + "-".join(o.metric for o in objectives) + (".partial" if include_partial else "")
+    return [f"{view}.{key}" for key in keys]
+
+
+def save_dashboard_figures(study: "optuna.Study", figures: dict[str, "go.Figure"], ids: list[str]) -> list[str]:
+    """Store the figures in the study (system attrs) so optuna-dashboard shows them; returns their ids."""
+    from optuna_dashboard import save_plotly_graph_object
+
+    return [save_plotly_graph_object(study, fig, graph_object_id=gid) for gid, fig in zip(ids, figures.values())]

@@ -1,0 +1,50 @@
+"""`dsearch dashboard`: serve a study in optuna-dashboard on 127.0.0.1 until Ctrl-C."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from ..errors import UserError
+from ..search.io import read_stored_space
+from ..search.record import open_study, storage_url, study_id
+from .app import app
+
+
+def check_port(port: int) -> None:
+    """UserError if 127.0.0.1:port can't be bound (checked before the server prints its banner)."""
+    import socket
+
+    with socket.socket() as probe:
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError as e:
+            raise UserError(f"--port {port}: can't listen on 127.0.0.1 ({e.strerror or e}); pick another "
+                            f"(e.g. --port {port + 1})") from None
+
+
+def dashboard_command(study_dir: Path, storage: str | None = None, port: int = 8080) -> None:
+    """Serve optuna-dashboard for the study on 127.0.0.1:port until Ctrl-C."""
+    from optuna_dashboard import run_server
+
+    study_dir = Path(study_dir)
+    study = open_study(study_dir, storage, read_stored_space(study_dir))
+    check_port(port)
+    print(f"optuna-dashboard for study {study.study_name}: "
+          f"http://127.0.0.1:{port}/dashboard/studies/{study_id(storage_url(study_dir, storage), study.study_name)} (Ctrl-C to stop)", flush=True)
+    try:
+        run_server(storage_url(study_dir, storage), host="127.0.0.1", port=port)
+    except KeyboardInterrupt:
+        pass  # Ctrl-C is how the dashboard is meant to stop.
+
+
+@app.command()
+def dashboard(
+    study_dir: Path = typer.Argument(..., help="study directory, e.g. studies/c10"),
+    port: int = typer.Option(8080, "--port", help="port on 127.0.0.1"),
+    storage: Optional[str] = typer.Option(None, "--storage", help="Optuna RDB URL (default: SQLite in the study dir)"),
+) -> None:
+    """Serve the study in optuna-dashboard on 127.0.0.1 (Ctrl-C stops it)."""
+    dashboard_command(study_dir, storage, port)

@@ -1,0 +1,100 @@
+"""`dsearch model`: the stage table and totals of a DenseNet, as text or JSON."""
+
+from __future__ import annotations
+
+import json
+from typing import Any, List, Optional
+
+import typer
+
+from ..errors import UserError, did_you_mean
+from ..metrics import MACS, PARAMS
+from ..net.config import ModelConfig
+from ..net.cost import stages
+from ..net.presets import PRESETS, get_preset
+from .app import app, parse_sets
+
+
+def parse_input_size(text: str) -> tuple[int, int, int]:
+    """'3x32x32' → (3, 32, 32)."""
+    try:
+        c, h, w = (int(v) for v in text.lower().replace("×", "x").split("x"))
+    except ValueError:
+        raise UserError(f"--input {text!r}: expected CxHxW, e.g. 3x32x32") from None
+    if min(c, h, w) < 1:
+        raise UserError(f"--input {text!r}: every size must be ≥ 1")
+    return c, h, w
+
+
+def model_config(preset: str | None, overrides: dict[str, Any]) -> ModelConfig:
+    """A preset with overrides, or a config from overrides alone (keys may carry `model.`)."""
+    fields = {}
+    for key, value in overrides.items():
+        if key.startswith("model."):
+            key = key[len("model."):]
+        elif "." in key:
+            raise UserError(f"--set {key}: only model.* keys apply to `dsearch model`")
+        fields[key] = value
+    unknown = sorted(set(fields) - set(ModelConfig.model_fields))
+    if unknown:
+        raise UserError(f"--set {unknown[0]}: unknown model field (fields: {', '.join(ModelConfig.model_fields)})"
+                        f"{did_you_mean(unknown[0], ModelConfig.model_fields)}")
+    if preset is None:
+        if not fields:
+            raise UserError("give a PRESET or --set options (e.g. --set variant=densenet-bc "
+                            "--set depth=100 --set growth_rate=12); `dsearch model --list` lists presets")
+        return ModelConfig(**fields)
+    return get_preset(preset).with_overrides(**fields)
+
+
+def summary(config: ModelConfig, input_size: tuple[int, int, int] | None = None) -> dict:
+    """The config, the stage table and the totals (params, MACs, FLOPs = 2 × MACs)."""
+    size = tuple(input_size or config.default_input_size())
+    rows = stages(config, size)
+    params = sum(s.params for s in rows)
+    macs = sum(s.macs for s in rows)
+    return {"config": config.model_dump(mode="json"), "input_size": list(size),
+            "stages": [s._asdict() for s in rows], PARAMS: params, MACS: macs, "flops": 2 * macs}
+
+
+def describe_command(preset: str | None, overrides: dict, input_text: str | None, as_json: bool,
+                     list_presets: bool) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    if list_presets:
+        for name in PRESETS:
+            console.print(name)
+        return
+    config = model_config(preset, overrides)
+    info = summary(config, parse_input_size(input_text) if input_text else None)
+    if as_json:
+        print(json.dumps(info, indent=2))
+        return
+    c = config
+    title = (f"{preset or 'DenseNet'}: {c.variant or ''} L={c.depth} k={c.growth_rate} "
+             f"blocks={list(c.block_layers)} θ={c.compression} stem={c.stem}").replace("  ", " ")
+    table = Table(title=title)
+    for col in ("stage", "output", "layers", "channels in → out", "params", "MACs"):
+        table.add_column(col, justify="left" if col == "stage" else "right")
+    for s in info["stages"]:
+        h, w = s["size"]
+        table.add_row(s["name"], f"{h}×{w}", str(s["layers"]), f"{s['in_channels']} → {s['out_channels']}",
+                      f"{s['params']:,}", f"{s['macs']:,}")
+    console.print(table)
+    size = "x".join(map(str, info["input_size"]))
+    console.print(f"params: {info[PARAMS]:,}   MACs (multiply-accumulates, batch 1, input {size}): "
+                  f"{info[MACS]:,}   FLOPs (2 × MACs): {info['flops']:,}")
+
+
+@app.command()
+def model(
+    preset: Optional[str] = typer.Argument(None, help="preset name (see `dsearch model --list`)"),
+    set_: Optional[List[str]] = typer.Option(None, "--set", help="key=value model override (repeatable)"),
+    input: Optional[str] = typer.Option(None, "--input", help="input size CxHxW, e.g. 3x32x32"),
+    as_json: bool = typer.Option(False, "--json", help="print JSON instead of a table"),
+    list_: bool = typer.Option(False, "--list", help="list the presets"),
+) -> None:
+    """Architecture, channel schedule, params and MACs of a DenseNet."""
+    describe_command(preset, parse_sets(set_), input, as_json, list_)

@@ -1,0 +1,182 @@
+"""Space files: YAML → SearchSpace (every problem one line naming file, key and rule), the stored copy, diffs.
+
+A space file is checked whole before anything starts: its sections by the schema, then the
+cross-section rules (rules.check_space). The resolved copy beside a study is written by dump_space.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import ValidationError
+
+from ..errors import UserError, did_you_mean
+from ..strict import describe_error, format_validation_error
+from ..training.config import DataConfig
+from .rules import check_space
+from .schema import (PARAM_TYPES, Budget, Constraints, Resources, SamplerConfig, SearchSpace,
+                     SpaceObjective)
+
+SPACE_FILE = "space.yaml"   # the resolved copy of the space, beside the study
+
+# Keys that may change between runs of one study: where and how wide it runs, and how many trials.
+MAY_CHANGE = ("resources.", "budget.max_concurrent_trials", "budget.num_samples")
+
+
+class SpaceError(UserError, ValueError):
+    """A search-space file that breaks a rule: `file: key: rule`, one line."""
+
+
+class _Loader(yaml.SafeLoader):
+    """Safe YAML with YAML 1.2 floats (`1e-4`, `2.0e6` are numbers) and duplicate keys refused."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        seen: set = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            if isinstance(key, (str, int, float, bool)) and key in seen:
+                raise yaml.constructor.ConstructorError(None, None, f"duplicate key {key!r}",
+                                                        key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)(?:[eE][-+]?[0-9]+)?$"),
+    list("-+0123456789."))
+
+
+class _Dumper(yaml.SafeDumper):
+    """Lists of scalars on one line (`[6, 12, 24, 16]`), as people write them."""
+
+
+_Dumper.add_representer(list, lambda d, v: d.represent_sequence(
+    "tag:yaml.org,2002:seq", v, flow_style=all(not isinstance(x, (list, dict)) for x in v)))
+
+
+def load_space(path: str | Path, *, rules: bool = True) -> SearchSpace:
+    """Read and validate a space file; SpaceError (one line: file, key, rule) if anything is wrong.
+
+    rules=False skips the cross-section rules (rules.check_space, up to MAX_PROBES resolves): for the
+    copy stored beside a study, which was checked when the study started.
+    """
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise SpaceError(f"{path}: no such file") from None
+    except (IsADirectoryError, PermissionError, UnicodeDecodeError) as e:
+        raise SpaceError(f"{path}: can't read ({e.__class__.__name__})") from None
+    return parse_space(text, source=str(path), rules=rules)
+
+
+def parse_space(text: str, source: str = "<space>", *, rules: bool = True) -> SearchSpace:
+    """Validate a space given as YAML text; `source` names it in errors."""
+    try:
+        raw = yaml.load(text, Loader=_Loader)
+    except yaml.MarkedYAMLError as e:
+        mark = e.problem_mark or e.context_mark
+        line = f":{mark.line + 1}" if mark else ""
+        problem = " ".join(str(e.problem or e.context or "syntax error").split())
+        raise SpaceError(f"{source}{line}: YAML: {problem}") from None
+    except yaml.YAMLError as e:
+        raise SpaceError(f"{source}: YAML: {' '.join(str(e).split())}") from None
+    if not isinstance(raw, dict):
+        raise SpaceError(f"{source}: expected a mapping with keys {', '.join(SearchSpace.model_fields)}")
+    try:
+        space = SearchSpace.model_validate(raw)
+        if rules:
+            check_space(space)
+    except ValidationError as e:
+        raise SpaceError(format_validation_error(e, source, describe=_describe)) from None
+    except ValueError as e:      # the rules' `key: rule`
+        raise SpaceError(f"{source}: {e}") from None
+    return space
+
+
+def dump_space(space: SearchSpace) -> str:
+    """The resolved YAML copy (defaults written out) that is stored beside a study."""
+    d = space.model_dump(mode="json")
+    d["params"] = {k: p.model_dump(mode="json", exclude_none=True) for k, p in space.params.items()}
+    return yaml.dump(d, Dumper=_Dumper, sort_keys=False, allow_unicode=True, width=120)
+
+
+def diff_spaces(a: SearchSpace, b: SearchSpace) -> list[str]:
+    """Human-readable differences, one per changed key: `budget.max_epochs: 300 → 200`."""
+    fa, fb = _flatten(yaml.safe_load(dump_space(a))), _flatten(yaml.safe_load(dump_space(b)))
+    out = []
+    for key in list(fa) + [k for k in fb if k not in fa]:
+        va, vb = fa.get(key, "(absent)"), fb.get(key, "(absent)")
+        if va != vb:
+            out.append(f"{key}: {va} → {vb}")
+    return out
+
+
+def _flatten(d: Any, prefix: str = "") -> dict[str, Any]:
+    if not isinstance(d, dict) or not d:
+        return {prefix: d}
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        out.update(_flatten(v, f"{prefix}.{k}" if prefix else str(k)))
+    return out
+
+
+# --- one-line errors -----------------------------------------------------------------------
+
+_SECTIONS = {"budget": Budget, "resources": Resources, "sampler": SamplerConfig,
+             "constraints": Constraints, "data": DataConfig, "objectives": SpaceObjective}
+
+
+def _describe(e: dict) -> str:
+    """A space's error: params' tagged-union cases here, the rest as strict.describe_error."""
+    loc = [str(p) for p in e["loc"]]
+    tag = loc.pop(2) if len(loc) >= 3 and loc[0] == "params" and loc[2] in PARAM_TYPES else None
+    where, kind = ".".join(loc), e["type"]
+    if kind == "union_tag_not_found":
+        return f"{where}: missing `type` (int, float or categorical)"
+    if kind == "union_tag_invalid":
+        t = (e.get("ctx") or {}).get("tag", "")
+        return f"{where}.type: {t!r} is not int, float or categorical{did_you_mean(t, PARAM_TYPES)}"
+    if kind == "model_attributes_type" and loc[0] == "params" and len(loc) == 2:
+        return f"{where}: expected a spec like {{type: int, low: 1, high: 8}} (a single value goes under `fixed`)"
+    return describe_error({**e, "loc": loc}, fields_at=lambda at: _fields_at(at, tag))
+
+
+def _fields_at(loc: list[str], tag: str | None) -> list[str]:
+    if len(loc) == 1:
+        return list(SearchSpace.model_fields)
+    if loc[0] == "params" and tag:
+        return list(PARAM_TYPES[tag].model_fields)
+    model = _SECTIONS.get(loc[0])
+    return list(model.model_fields) if model else []
+
+
+def check_same_space(space: SearchSpace, stored: Path) -> None:
+    """Refuse to continue a study with a space that differs in what is searched or how it's judged."""
+    old = load_space(stored, rules=False)
+    diffs = [d for d in diff_spaces(old, space) if not d.startswith(MAY_CHANGE)]
+    if diffs:
+        more = f" (and {len(diffs) - 1} more)" if len(diffs) > 1 else ""
+        raise UserError(f"{stored.parent} was started with a different space: {diffs[0]}{more}; "
+                        "use the same space, or a new --study-dir")
+
+
+def read_stored_space(study_dir: Path) -> SearchSpace | None:
+    """The space.yaml beside a study (None if absent; unreadable → a warning on stderr and None).
+
+    The cross-section rules are not run again: the copy was checked when the study started.
+    """
+    path = Path(study_dir) / SPACE_FILE
+    if not path.is_file():
+        return None
+    try:
+        return load_space(path, rules=False)
+    except UserError as e:
+        print(f"dsearch: warning: {e}; going on without it (no paper points, default reference)",
+              file=sys.stderr)
+        return None

@@ -1,0 +1,267 @@
+"""The Optuna study as the record of a search: open/create, tell trials, read trials back.
+
+Only the driver process writes here. A trial's states: COMPLETE (trained to max_epochs, values
+set), PRUNED (stopped by ASHA; last values in user attrs), FAIL (fail_reason + error attrs).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ..errors import UserError
+from ..metrics import TRAIN_TIME_S, WALL_TIME_S
+
+if TYPE_CHECKING:
+    import optuna
+    import pandas as pd
+    from optuna.trial import FrozenTrial
+
+    from .schema import SearchSpace
+
+STUDY_DB = "study.db"
+
+# User attribute keys, defined once.
+EPOCHS_TRAINED = "epochs_trained"
+MAX_EPOCHS = "max_epochs"
+CURVE = "curve"
+CONFIG = "config"
+SEED = "seed"
+CHECKPOINT = "checkpoint"
+FAIL_REASON = "fail_reason"
+ERROR = "error"
+REQUEUED_FROM = "requeued_from"
+FAIL_REASONS = ("invalid", "over_budget", "error", "interrupted")
+
+
+def storage_url(study_dir: Path, storage: str | None = None) -> str:
+    """The given RDB URL, or SQLite in the study directory."""
+    return storage or f"sqlite:///{(Path(study_dir) / STUDY_DB).resolve()}"
+
+
+def make_sampler(kind: str, seed: int | None) -> "optuna.samplers.BaseSampler":
+    """The Optuna sampler named in the space (`tpe`, `nsga2`, `random`, `gp`)."""
+    import optuna
+
+    if kind == "tpe":
+        return optuna.samplers.TPESampler(seed=seed, multivariate=True, n_startup_trials=5)
+    if kind == "nsga2":
+        return optuna.samplers.NSGAIISampler(seed=seed)
+    if kind == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    if kind == "gp":
+        return optuna.samplers.GPSampler(seed=seed)
+    raise UserError(f"sampler.type: unknown sampler {kind!r} (tpe, nsga2, random, gp)")
+
+
+def _quiet_optuna() -> None:
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+
+def create_or_load(space: "SearchSpace", study_dir: Path, storage: str | None = None) -> "optuna.Study":
+    """The space's study (created with its directions, metric names and seed trials if new)."""
+    import optuna
+
+    from .sampling import seed_params
+
+    _quiet_optuna()
+    url = storage_url(study_dir, storage)
+    sampler = make_sampler(space.sampler.type, space.sampler.seed)
+    names = optuna.get_all_study_names(url) if _db_exists(url) else []
+    if names and space.name not in names:
+        raise UserError(f"{url} holds study {names[0]!r}, not {space.name!r}; "
+                        "use another --study-dir or --storage")
+    study = optuna.create_study(study_name=space.name, storage=url, directions=space.directions,
+                                sampler=sampler, load_if_exists=True)
+    if not names:
+        import warnings
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            study.set_metric_names(space.metrics)
+        for params in seed_params(space):
+            study.enqueue_trial(params, skip_if_exists=True)
+    return study
+
+
+def _db_exists(url: str) -> bool:
+    if url.startswith("sqlite:///"):
+        return Path(url[len("sqlite:///"):]).exists()
+    return True
+
+
+def open_study(study_dir: Path, storage: str | None = None, space: "SearchSpace | None" = None) -> "optuna.Study":
+    """The study of a study directory (SQLite inside it, or `storage`), for reading; UserError if it isn't there.
+
+    With `storage` (an RDB may hold several studies) the space's name picks the study; else the first.
+    """
+    import optuna
+
+    _quiet_optuna()
+    study_dir = Path(study_dir)
+    if not study_dir.is_dir():
+        what = "is not a directory" if study_dir.exists() else "does not exist"
+        raise UserError(f"study directory {study_dir} {what} (`dsearch run SPACE.yaml` creates "
+                        "studies/NAME; check the path)")
+    url = storage_url(study_dir, storage)
+    if not _db_exists(url):
+        raise UserError(f"no study at {study_dir}: expected {study_dir / STUDY_DB} "
+                        "(run `dsearch run SPACE.yaml` first, or pass --storage URL)")
+    names = optuna.get_all_study_names(url)
+    if not names:
+        raise UserError(f"{url} holds no study (was `dsearch run` interrupted before its first trial?)")
+    name = space.name if space is not None and storage else names[0]
+    if name not in names:
+        raise UserError(f"{url} has no study {name!r} (it has: {', '.join(names)})")
+    return optuna.load_study(study_name=name, storage=url)
+
+
+def study_id(url: str, name: str) -> int:
+    """The id of study `name` in the storage at `url` (optuna-dashboard's URLs use it)."""
+    import optuna
+
+    return optuna.storages.get_storage(url).get_study_id_from_name(name)
+
+
+def tell_finished(study: "optuna.Study", trial: "optuna.Trial", metrics: dict[str, float],
+                  epochs_trained: int, max_epochs: int, attrs: dict[str, Any]) -> str:
+    """COMPLETE with values if trained to max_epochs, else PRUNED with its last values as attrs."""
+    from optuna.trial import TrialState
+
+    attrs = {**attrs, EPOCHS_TRAINED: epochs_trained, MAX_EPOCHS: max_epochs,
+             **{f"last_{k}": v for k, v in metrics.items()}}
+    set_attrs(trial, attrs)
+    values = [metrics[m] for m in study.metric_names]
+    if epochs_trained >= max_epochs and all(math.isfinite(v) for v in values):
+        study.tell(trial, values, state=TrialState.COMPLETE)
+        return "COMPLETE"
+    study.tell(trial, state=TrialState.PRUNED)
+    return "PRUNED"
+
+
+def tell_failed(study: "optuna.Study", trial: "optuna.Trial", reason: str, error: str,
+                attrs: dict[str, Any] | None = None) -> None:
+    """FAIL with `fail_reason` (invalid, over_budget, error, interrupted) and the message."""
+    from optuna.trial import TrialState
+
+    assert reason in FAIL_REASONS, reason
+    set_attrs(trial, {**(attrs or {}), FAIL_REASON: reason, ERROR: error})
+    study.tell(trial, state=TrialState.FAIL)
+
+
+def set_attrs(trial: "optuna.Trial", attrs: dict[str, Any]) -> None:
+    """Set user attributes on a running trial (JSON-able values)."""
+    for key, value in attrs.items():
+        trial.set_user_attr(key, value)
+
+
+def counted_trials(study: "optuna.Study") -> int:
+    """Trials that use up num_samples: all but WAITING ones and interrupted FAILs."""
+    from optuna.trial import TrialState
+
+    n = 0
+    for t in study.get_trials(deepcopy=False):
+        if t.state == TrialState.WAITING:
+            continue
+        if t.state == TrialState.FAIL and t.user_attrs.get(FAIL_REASON) == "interrupted":
+            continue
+        n += 1
+    return n
+
+
+def fail_interrupted(study: "optuna.Study") -> list[int]:
+    """RUNNING trials left by a killed driver → FAIL(interrupted), their params enqueued again."""
+    from optuna.trial import TrialState
+
+    numbers = []
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        _fail_orphan(study, t, "the driver stopped while this trial ran; its parameters were queued again")
+        study.enqueue_trial(t.params, user_attrs={REQUEUED_FROM: t.number})
+        numbers.append(t.number)
+    return numbers
+
+
+def _fail_orphan(study: "optuna.Study", frozen: "FrozenTrial", error: str) -> None:
+    """FAIL(interrupted) a RUNNING trial that no live `optuna.Trial` object holds any more.
+
+    Optuna's public API sets user attributes only through the `Trial` that ask() returned, which
+    died with the driver; this is the one place that reaches for the storage and the trial id.
+    """
+    from optuna.trial import TrialState
+
+    for key, value in {FAIL_REASON: "interrupted", ERROR: error}.items():
+        study._storage.set_trial_user_attr(frozen._trial_id, key, value)
+    study.tell(frozen.number, state=TrialState.FAIL)
+
+
+def trials_frame(study: "optuna.Study") -> "pd.DataFrame":
+    """One row per trial: trial, state, objectives (COMPLETE: values; PRUNED: last values),
+    epochs_trained, max_epochs, curve, fail_reason, and the searched params (dotted keys)."""
+    import pandas as pd
+
+    names = study.metric_names or [f"objective_{i}" for i in range(len(study.directions))]
+    rows = []
+    for t in study.get_trials(deepcopy=False):
+        row: dict[str, Any] = {"trial": t.number, "state": t.state.name}
+        for i, name in enumerate(names):
+            if t.values is not None:
+                row[name] = t.values[i]
+            else:
+                row[name] = t.user_attrs.get(f"last_{name}", t.user_attrs.get(name, math.nan))
+        row[EPOCHS_TRAINED] = t.user_attrs.get(EPOCHS_TRAINED, 0)
+        row[MAX_EPOCHS] = t.user_attrs.get(MAX_EPOCHS)
+        row[CURVE] = list(t.user_attrs.get(CURVE, []))
+        row[FAIL_REASON] = t.user_attrs.get(FAIL_REASON)
+        row[CHECKPOINT] = t.user_attrs.get(CHECKPOINT)
+        row.update(t.params)
+        rows.append(row)
+    frame = pd.DataFrame(rows)
+    if frame.empty:
+        frame = pd.DataFrame(columns=["trial", "state", *names, EPOCHS_TRAINED, MAX_EPOCHS, CURVE])
+    return frame
+
+
+def find_trial(study: "optuna.Study", number: int) -> "FrozenTrial":
+    """The trial with this number; UserError naming the valid range if there is none."""
+    trials = study.get_trials(deepcopy=False)
+    for t in trials:
+        if t.number == number:
+            return t
+    span = f"trials 0..{len(trials) - 1}" if trials else "it has no trials"
+    raise UserError(f"--trial {number}: no such trial in study {study.study_name!r} ({span})")
+
+
+def trial_config(trial: "FrozenTrial") -> dict:
+    """The resolved run config (JSON) a trial was trained with."""
+    raw = trial.user_attrs.get(CONFIG)
+    if raw is None:
+        raise UserError(f"trial {trial.number} has no resolved config (state {trial.state.name}, "
+                        f"{trial.user_attrs.get(FAIL_REASON, 'never started')})")
+    return json.loads(raw) if isinstance(raw, str) else raw
+
+
+def summarize(study: "optuna.Study", wall: float) -> dict[str, Any]:
+    """Counts by state (FAIL by reason), best full-budget val_acc, and the dsearch+Ray share of trial time."""
+    from optuna.trial import TrialState
+
+    counts: dict[str, int] = {}
+    best = None
+    wall_sum = train_sum = 0.0
+    for t in study.get_trials(deepcopy=False):
+        key = t.state.name
+        if t.state == TrialState.FAIL:
+            key = f"FAIL({t.user_attrs.get(FAIL_REASON, '?')})"
+        counts[key] = counts.get(key, 0) + 1
+        curve = [a for a in t.user_attrs.get(CURVE, []) if a is not None]
+        if t.state == TrialState.COMPLETE and curve:
+            best = max(best or 0.0, curve[-1])
+        if t.state in (TrialState.COMPLETE, TrialState.PRUNED):
+            wall_sum += t.user_attrs.get(WALL_TIME_S, 0.0)
+            train_sum += t.user_attrs.get(TRAIN_TIME_S, 0.0)
+    overhead = 1 - train_sum / wall_sum if wall_sum > 0 else None
+    return {"study": study.study_name, "wall_time_s": wall, "trials": counts, "best_val_acc": best,
+            "overhead_share": overhead}

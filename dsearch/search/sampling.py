@@ -1,0 +1,145 @@
+"""From a validated search space to one trial: sample, encode for Optuna, resolve to a RunConfig.
+
+Duck-typed over Optuna's define-by-run trial (suggest_int / suggest_float / suggest_categorical);
+imports neither Optuna nor Ray.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import TYPE_CHECKING, Any, Protocol
+
+from pydantic import ValidationError
+
+from ..errors import ConfigError
+from ..net.config import ModelConfig
+from ..strict import format_validation_error
+from ..training.config import DataConfig, RunConfig, TrainConfig
+
+if TYPE_CHECKING:
+    from .schema import SearchSpace
+
+DESTINATIONS = {"model": ModelConfig, "train": TrainConfig}
+
+
+class TrialLike(Protocol):
+    """What suggest() needs from a trial: Optuna's define-by-run methods."""
+
+    def suggest_int(self, name: str, low: int, high: int, *, step: int = 1, log: bool = False) -> int: ...
+    def suggest_float(self, name: str, low: float, high: float, *, step: float | None = None,
+                      log: bool = False) -> float: ...
+    def suggest_categorical(self, name: str, choices: Any) -> Any: ...
+
+
+def encode_choice(value: Any) -> Any:
+    """A categorical choice as Optuna stores it: lists become strings like "[6, 12, 24, 16]"."""
+    return json.dumps(list(value)) if isinstance(value, (list, tuple)) else value
+
+
+def same_value(a: Any, b: Any) -> bool:
+    """Equality that treats lists and tuples alike (YAML gives lists, configs hold tuples), bools apart."""
+    norm = lambda v: tuple(v) if isinstance(v, (list, tuple)) else v
+    return norm(a) == norm(b) and isinstance(a, bool) == isinstance(b, bool)
+
+
+def condition_holds(when: dict[str, list] | None, values: dict[str, Any]) -> bool:
+    """True if every `when` key is present in values with one of its allowed values."""
+    for key, allowed in (when or {}).items():
+        if key not in values or not any(same_value(values[key], a) for a in allowed):
+            return False
+    return True
+
+
+def suggest(space: "SearchSpace", trial: TrialLike) -> dict[str, Any]:
+    """Sample the searched parameters in file order, honouring `when`; values decoded (lists as lists)."""
+    sampled: dict[str, Any] = {}
+    for key, p in space.params.items():
+        if not condition_holds(p.when, {**space.fixed, **sampled}):
+            continue
+        if p.type == "int":
+            sampled[key] = trial.suggest_int(key, p.low, p.high, step=p.step, log=p.log)
+        elif p.type == "float":
+            sampled[key] = trial.suggest_float(key, p.low, p.high, step=p.step, log=p.log)
+        else:
+            encoded = trial.suggest_categorical(key, [encode_choice(c) for c in p.choices])
+            sampled[key] = _decode(p, encoded)
+    return sampled
+
+
+def encode_params(space: "SearchSpace", values: dict[str, Any]) -> dict[str, Any]:
+    """Values → Optuna's form (list choices as strings); keys that aren't parameters pass through."""
+    return {k: encode_choice(v) if _is_categorical(space, k) else v for k, v in values.items()}
+
+
+def decode_params(space: "SearchSpace", params: dict[str, Any]) -> dict[str, Any]:
+    """Optuna's form → values (list choices back to lists); idempotent."""
+    return {k: _decode(space.params[k], v) if _is_categorical(space, k) else v for k, v in params.items()}
+
+
+def seed_params(space: "SearchSpace") -> list[dict[str, Any]]:
+    """The seed_trials in Optuna's form, ready for study.enqueue_trial()."""
+    return [encode_params(space, seed) for seed in space.seed_trials]
+
+
+def nest(values: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Flat dotted keys (`model.depth`) → {"model": {"depth": ...}, "train": {...}}."""
+    out: dict[str, dict[str, Any]] = {d: {} for d in DESTINATIONS}
+    for key, value in values.items():
+        dest, field = key.split(".", 1)
+        out[dest][field] = list(value) if isinstance(value, tuple) else value
+    return out
+
+
+def resolve(space: "SearchSpace", params: dict[str, Any]) -> RunConfig:
+    """Fixed + sampled values → a validated RunConfig; raises ConfigError naming the rule broken."""
+    unknown = [k for k in params if k not in space.params]
+    if unknown:
+        raise ConfigError(f"{unknown[0]}: not a parameter of space {space.name!r}")
+    nested = nest({**space.fixed, **decode_params(space, params)})
+    nested["train"]["epochs"] = space.budget.max_epochs
+    info = space.data.info
+    nested["model"].update(in_channels=info.in_channels, num_classes=info.num_classes)
+    parts = {}
+    for dest, cls in DESTINATIONS.items():
+        try:
+            parts[dest] = cls(**nested[dest])
+        except ValidationError as e:
+            raise ConfigError(format_validation_error(e, prefix=[dest])) from None
+    return RunConfig(model=parts["model"], train=parts["train"], data=space.data)
+
+
+def input_size(data: DataConfig) -> tuple[int, int, int]:
+    """(C, H, W) the network sees for this dataset, in pixels."""
+    info = data.info
+    return (info.in_channels, info.image_size, info.image_size)
+
+
+def check_constraints(space: "SearchSpace", run_config: RunConfig) -> str | None:
+    """Why a config is over the space's budget (params / MACs, closed form), or None if within."""
+    c = space.constraints
+    if c.max_params is None and c.max_macs is None:
+        return None
+    from ..net.cost import count_macs, count_params
+
+    reasons = []
+    if c.max_params is not None:
+        n = count_params(run_config.model)
+        if n > c.max_params:
+            reasons.append(f"params {n:,} > constraints.max_params {c.max_params:,.0f}")
+    if c.max_macs is not None:
+        m = count_macs(run_config.model, input_size=input_size(run_config.data))
+        if m > c.max_macs:
+            reasons.append(f"MACs {m:,} > constraints.max_macs {c.max_macs:,.0f}")
+    return "; ".join(reasons) or None
+
+
+def _is_categorical(space: "SearchSpace", key: str) -> bool:
+    p = space.params.get(key)
+    return p is not None and p.type == "categorical"
+
+
+def _decode(p: Any, value: Any) -> Any:
+    for c in p.choices:
+        if value == encode_choice(c) or same_value(value, c):
+            return c
+    return value

@@ -1,0 +1,192 @@
+"""SearchSpace: the typed description of one search (study, data, objectives, budget, params).
+
+Each section validates itself (types, ranges, steps); rules that need more than one section
+(destinations, `when` order, feasibility, seeds) live in rules.py and run when a file is loaded
+(io.load_space). Sampling a trial and resolving it to a RunConfig live in sampling.py.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Any, Literal
+
+from pydantic import Field, StrictInt, field_validator, model_validator
+
+from ..errors import did_you_mean
+from ..metrics import DEFAULT_OBJECTIVES, OBJECTIVE_METRICS, Objective
+from ..strict import StrictModel
+from ..training.config import DataConfig
+
+
+class SpaceObjective(Objective):
+    """An objective of a search: its metric must be one that every trial reports."""
+
+    @field_validator("metric")
+    @classmethod
+    def _known(cls, v: str) -> str:
+        if v not in OBJECTIVE_METRICS:
+            raise ValueError(f"unknown metric {v!r} (allowed: {', '.join(OBJECTIVE_METRICS)}"
+                             f"{did_you_mean(v, OBJECTIVE_METRICS)})")
+        return v
+
+
+class Budget(StrictModel):
+    """Epochs of a full-budget trial, trials in all, and ASHA's rungs (epochs)."""
+
+    max_epochs: int = Field(ge=1)
+    num_samples: int = Field(ge=1)
+    grace_period: int = Field(1, ge=1)
+    reduction_factor: int | float = 3
+    max_concurrent_trials: int = Field(1, ge=1)
+
+    @model_validator(mode="after")
+    def _rungs(self) -> "Budget":
+        if self.reduction_factor < 2:
+            raise ValueError(f"reduction_factor: must be ≥ 2 (ASHA keeps 1/reduction_factor "
+                             f"of the trials at each rung), got {self.reduction_factor:g}")
+        if self.grace_period > self.max_epochs:
+            raise ValueError(f"grace_period: {self.grace_period} > max_epochs {self.max_epochs} "
+                             "(ASHA's first rung must come no later than the full budget)")
+        return self
+
+
+class Resources(StrictModel):
+    """Per trial: CPU cores and GPUs (fractions share a device)."""
+
+    cpu: int | float = Field(1, gt=0)
+    gpu: int | float = Field(0, ge=0)
+
+    @model_validator(mode="after")
+    def _whole(self) -> "Resources":
+        if self.gpu > 1 and self.gpu != int(self.gpu):
+            raise ValueError(f"gpu: above 1 it must be a whole number of GPUs, got {self.gpu:g}")
+        return self
+
+
+class SamplerConfig(StrictModel):
+    """Optuna sampler that proposes the trials."""
+
+    type: Literal["tpe", "nsga2", "random", "gp"] = "tpe"
+    seed: int | None = 0
+
+
+class Constraints(StrictModel):
+    """Trials over these are rejected before training (closed-form count)."""
+
+    max_params: float | None = Field(None, gt=0)
+    max_macs: float | None = Field(None, gt=0)
+
+
+class _Param(StrictModel):
+    when: dict[str, list[Any]] | None = None
+
+    @field_validator("when", mode="before")
+    @classmethod
+    def _listy(cls, v: Any) -> Any:
+        if isinstance(v, dict):
+            return {k: a if isinstance(a, list) else [a] for k, a in v.items()}
+        return v
+
+
+class IntParam(_Param):
+    """Integers low..high inclusive, every `step`-th; `log` samples uniformly in log space."""
+
+    type: Literal["int"]
+    low: StrictInt
+    high: StrictInt
+    step: StrictInt = Field(1, ge=1)
+    log: bool = False
+
+    @model_validator(mode="after")
+    def _range(self) -> "IntParam":
+        _check_range(self.low, self.high, self.step if self.step != 1 else None, self.log)
+        if (self.high - self.low) % self.step:
+            raise ValueError(f"step: {self.step} doesn't fit low..high ({self.high} - {self.low} = "
+                             f"{self.high - self.low} is not a multiple of {self.step})")
+        return self
+
+
+class FloatParam(_Param):
+    """Reals in [low, high]; `step` discretises, `log` samples uniformly in log space."""
+
+    type: Literal["float"]
+    low: float
+    high: float
+    step: float | None = Field(None, gt=0)
+    log: bool = False
+
+    @model_validator(mode="after")
+    def _range(self) -> "FloatParam":
+        _check_range(self.low, self.high, self.step, self.log)
+        if self.step is not None:
+            r = (self.high - self.low) / self.step
+            if abs(r - round(r)) > 1e-9 * max(1.0, r):
+                raise ValueError(f"step: {self.step:g} doesn't fit low..high ({self.high:g} - {self.low:g} "
+                                 f"is not a multiple of {self.step:g})")
+        return self
+
+
+class CategoricalParam(_Param):
+    """One of `choices`: scalars, or lists of scalars (e.g. block_layers)."""
+
+    type: Literal["categorical"]
+    choices: list[Any] = Field(min_length=1)
+
+    @field_validator("choices")
+    @classmethod
+    def _scalars(cls, v: list[Any]) -> list[Any]:
+        scalar = (type(None), bool, int, float, str)
+        seen: list[Any] = []
+        for c in v:
+            if not (isinstance(c, scalar) or isinstance(c, list) and all(isinstance(x, scalar) for x in c)):
+                raise ValueError(f"choice {c!r} must be a number, string, bool, null or a list of those")
+            if any(c == s and type(c) is type(s) for s in seen):
+                raise ValueError(f"choice {c!r} is listed twice")
+            seen.append(c)
+        return v
+
+
+Param = Annotated[IntParam | FloatParam | CategoricalParam, Field(discriminator="type")]
+PARAM_TYPES = {"int": IntParam, "float": FloatParam, "categorical": CategoricalParam}
+
+
+class SearchSpace(StrictModel):
+    """A whole search: study name, dataset, objectives, budget, sampler, fixed and searched values."""
+
+    name: str
+    data: DataConfig
+    objectives: list[SpaceObjective] = Field(
+        default_factory=lambda: [SpaceObjective(**o.model_dump()) for o in DEFAULT_OBJECTIVES], min_length=1)
+    budget: Budget
+    resources: Resources = Field(default_factory=Resources)
+    sampler: SamplerConfig = Field(default_factory=SamplerConfig)
+    constraints: Constraints = Field(default_factory=Constraints)
+    fixed: dict[str, Any] = Field(default_factory=dict)
+    params: dict[str, Param]
+    seed_trials: list[dict[str, Any]] = Field(default_factory=list)
+
+    @field_validator("name")
+    @classmethod
+    def _dir_name(cls, v: str) -> str:
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", v):
+            raise ValueError(f"{v!r} must be usable as a directory name (letters, digits, _ . -)")
+        return v
+
+    @property
+    def directions(self) -> list[str]:
+        """Optuna directions in objective order."""
+        return [o.direction for o in self.objectives]
+
+    @property
+    def metrics(self) -> list[str]:
+        """Objective metric names in order."""
+        return [o.metric for o in self.objectives]
+
+
+def _check_range(low: float, high: float, step: float | None, log: bool) -> None:
+    if low > high:
+        raise ValueError(f"low: empty range, low {low:g} > high {high:g} (bounds are inclusive)")
+    if log and low <= 0:
+        raise ValueError(f"log: log scale needs low > 0, got low {low:g}")
+    if log and step is not None:
+        raise ValueError("log: can't be combined with step (Optuna samples log ranges without a step)")

@@ -1,0 +1,150 @@
+"""The training side of a run: DataConfig (which images), TrainConfig (the paper's protocol), RunConfig.
+
+Pure pydantic; no torch import. Dataset facts (channels, classes, the paper's epochs and milestones)
+live in DATASETS, so a RunConfig fills in what the paper uses for its dataset.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal, NamedTuple
+
+from pydantic import Field, model_validator
+
+from ..errors import ConfigError
+from ..net.config import ModelConfig
+from ..strict import StrictModel
+
+
+class DatasetInfo(NamedTuple):
+    in_channels: int
+    num_classes: int
+    image_size: int
+    val_size: int
+    flip: bool
+    epochs: int
+    batch_size: int
+    milestones: tuple[float, ...]
+
+
+DATASETS: dict[str, DatasetInfo] = {
+    "cifar10": DatasetInfo(3, 10, 32, 5000, True, 300, 64, (0.5, 0.75)),
+    "cifar100": DatasetInfo(3, 100, 32, 5000, True, 300, 64, (0.5, 0.75)),
+    "svhn": DatasetInfo(3, 10, 32, 6000, False, 40, 64, (0.5, 0.75)),
+    "imagenet": DatasetInfo(3, 1000, 224, 50000, True, 90, 256, (1 / 3, 2 / 3)),
+    "fashion_mnist": DatasetInfo(1, 10, 28, 5000, True, 300, 64, (0.5, 0.75)),
+    "mnist": DatasetInfo(1, 10, 28, 5000, False, 300, 64, (0.5, 0.75)),
+    "synthetic": DatasetInfo(3, 10, 16, 200, True, 4, 64, (0.5, 0.75)),
+}
+
+
+class DataConfig(StrictModel):
+    """Which images, where, how many, how augmented. Sizes in images."""
+
+    name: Literal["cifar10", "cifar100", "svhn", "imagenet", "fashion_mnist", "mnist", "synthetic"]
+    root: Path | None = None
+    download: bool = False
+    augment: bool = True
+    val_size: int | None = None          # None: the dataset's paper value (DATASETS)
+    train_subset: int | None = None      # training images drawn after the validation split
+    val_subset: int | None = None        # not used to shrink val_size; a cap for fast evaluation
+    seed: int = 0
+    num_workers: int | None = None       # imagenet only: DataLoader workers; None: min(8, CPUs)
+    synthetic_size: int = 1200           # synthetic only: images in the train split
+    synthetic_classes: int = 10
+    synthetic_image_size: int = 16
+    synthetic_channels: int = 3
+
+    @model_validator(mode="after")
+    def _check(self) -> "DataConfig":
+        for f in ("val_size", "train_subset", "val_subset"):
+            v = getattr(self, f)
+            if v is not None and v < 1:
+                raise ConfigError(f"data.{f}: must be ≥ 1, got {v}")
+        return self
+
+    @property
+    def info(self) -> DatasetInfo:
+        d = DATASETS[self.name]
+        if self.name == "synthetic":
+            d = d._replace(in_channels=self.synthetic_channels, num_classes=self.synthetic_classes,
+                           image_size=self.synthetic_image_size)
+        return d
+
+    @property
+    def resolved_val_size(self) -> int:
+        return self.val_size if self.val_size is not None else self.info.val_size
+
+
+class TrainConfig(StrictModel):
+    """The paper's protocol; None means the dataset's paper default (resolved in RunConfig)."""
+
+    epochs: int | None = None
+    batch_size: int | None = None
+    lr: float = 0.1
+    momentum: float = 0.9
+    nesterov: bool = True
+    weight_decay: float = 1e-4
+    lr_milestones: tuple[float, ...] | None = None   # fractions of the epochs
+    lr_gamma: float = 0.1
+    seed: int = 0
+    device: str = "auto"                              # auto: cuda if available, else cpu
+    amp: Literal["auto", "off", "bf16", "fp16"] = "auto"  # auto: bf16 on GPU, off on CPU
+    channels_last: bool | None = None                 # None: on for GPU, off for CPU
+    compile: bool = False
+    num_threads: int | None = None                    # torch threads on CPU
+
+    @model_validator(mode="after")
+    def _check(self) -> "TrainConfig":
+        if self.epochs is not None and self.epochs < 1:
+            raise ConfigError(f"train.epochs: must be ≥ 1, got {self.epochs}")
+        if self.batch_size is not None and self.batch_size < 1:
+            raise ConfigError(f"train.batch_size: must be ≥ 1, got {self.batch_size}")
+        if self.lr <= 0:
+            raise ConfigError(f"train.lr: must be > 0, got {self.lr}")
+        if not 0 <= self.momentum < 1:
+            raise ConfigError(f"train.momentum: must be in [0, 1), got {self.momentum}")
+        if self.nesterov and self.momentum == 0:
+            raise ConfigError("train.nesterov: Nesterov needs momentum > 0")
+        if self.weight_decay < 0:
+            raise ConfigError(f"train.weight_decay: must be ≥ 0, got {self.weight_decay}")
+        if self.lr_milestones is not None:
+            ms = self.lr_milestones
+            if any(not 0 < m < 1 for m in ms) or list(ms) != sorted(ms):
+                raise ConfigError(f"train.lr_milestones: increasing fractions in (0, 1), got {list(ms)}")
+        if not 0 < self.lr_gamma <= 1:
+            raise ConfigError(f"train.lr_gamma: must be in (0, 1], got {self.lr_gamma}")
+        return self
+
+
+class RunConfig(StrictModel):
+    """One training run: model + train + data, with dataset-dependent defaults filled in."""
+
+    model: ModelConfig
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    data: DataConfig
+
+    @model_validator(mode="before")
+    @classmethod
+    def _fit_model_to_data(cls, values: Any) -> Any:
+        # in_channels and num_classes come from the dataset.
+        if isinstance(values, dict) and isinstance(values.get("data"), (dict, DataConfig)):
+            data = values["data"] if isinstance(values["data"], DataConfig) else DataConfig(**values["data"])
+            model = values.get("model", {})
+            fields = model.model_dump(exclude_unset=True) if isinstance(model, ModelConfig) else dict(model)
+            fields["in_channels"] = data.info.in_channels
+            fields["num_classes"] = data.info.num_classes
+            values = {**values, "data": data, "model": ModelConfig(**fields)}
+        return values
+
+    @model_validator(mode="after")
+    def _defaults(self) -> "RunConfig":
+        info = self.data.info
+        t = self.train
+        if t.epochs is None:
+            object.__setattr__(t, "epochs", info.epochs)
+        if t.batch_size is None:
+            object.__setattr__(t, "batch_size", info.batch_size)
+        if t.lr_milestones is None:
+            object.__setattr__(t, "lr_milestones", info.milestones)
+        return self
