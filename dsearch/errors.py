@@ -21,3 +21,15 @@ def did_you_mean(word: object, options: Iterable[object]) -> str:
     """'; did you mean X?' for the closest option (difflib, cutoff 0.6), or ''; goes at the end of a message."""
     close = difflib.get_close_matches(str(word), [str(o) for o in options], n=1, cutoff=0.6)
     return f"; did you mean {close[0]}?" if close else ""
+
+
+class RunInterrupted(Exception):
+    """A run stopped by a signal after putting its study in order; the CLI exits 128 + the signal number."""
+
+    def __init__(self, message: str, signum: int) -> None:
+        super().__init__(message)
+        self.signum = signum
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + self.signum

@@ -1,6 +1,8 @@
 """The pydantic base of every config (an unknown key is an error), and how its errors read: one line.
 
-`format_validation_error` is the one formatter: the first error as `key: rule` (plus "(and N more)").
+`format_validation_error` is the one formatter: the first error as `key: rule` (plus "(and N more)"),
+unknown keys first: a misspelt key also makes the key it was meant to be "missing", and the typo is the
+error to fix.
 A caller that knows more about where an error sits (which keys are allowed there) passes `fields_at`.
 """
 
@@ -54,5 +56,6 @@ def format_validation_error(exc: Exception, source: str = "", *, prefix: Sequenc
     if not errors:
         return where + str(exc)
     describe = describe or (lambda e: describe_error(e, prefix=prefix, fields_at=fields_at))
+    errors = sorted(errors, key=lambda e: e.get("type") != "extra_forbidden")   # stable: typos first
     more = len({tuple(e.get("loc", ())) for e in errors}) - 1
     return where + describe(errors[0]) + (f" (and {more} more)" if more > 0 else "")

@@ -1,4 +1,9 @@
 import os
+import shutil
+import socket
+import subprocess
+import tempfile
+from pathlib import Path
 
 import pytest
 import torch
@@ -10,3 +15,115 @@ torch.set_num_threads(min(2, os.cpu_count() or 1))
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+# --- a throwaway PostgreSQL server (tests/test_postgres.py) -------------------------------------------------------
+
+
+class PostgresServer:
+    """A PostgreSQL server of Debian's binaries, in a temp dir, on 127.0.0.1:port; role `dsearch`, trust auth."""
+
+    ROLE = "dsearch"
+
+    def __init__(self, bindir: Path, root: Path, port: int) -> None:
+        self.bindir, self.root, self.port = bindir, root, port
+        self.data, self.log = root / "data", root / "server.log"
+        self._databases = 0
+
+    def run(self, *args: str, as_owner: bool = False) -> subprocess.CompletedProcess:
+        """A PostgreSQL program from bindir; as_owner runs it as the postgres user when we are root."""
+        cmd = [str(self.bindir / args[0]), *args[1:]]
+        if as_owner and os.geteuid() == 0:
+            cmd = ["runuser", "-u", "postgres", "--", *cmd]
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=self.root)
+        if proc.returncode != 0:
+            log = self.log.read_text()[-2000:] if self.log.exists() else ""
+            raise RuntimeError(f"{' '.join(cmd)} failed ({proc.returncode}): {proc.stderr.strip()}\n{log}")
+        return proc
+
+    def sql(self, statement: str) -> None:
+        self.run("psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", "-h", "127.0.0.1", "-p", str(self.port),
+                 "-U", "postgres", "-d", "postgres", "-c", statement)
+
+    def start(self) -> None:
+        self.run("initdb", "-D", str(self.data), "-U", "postgres", "--auth=trust", "-E", "UTF8", "--locale=C",
+                 as_owner=True)
+        options = (f"-c listen_addresses=127.0.0.1 -p {self.port} -k {self.root} "
+                   "-c fsync=off -c synchronous_commit=off -c full_page_writes=off")
+        self.run("pg_ctl", "-D", str(self.data), "-l", str(self.log), "-o", options, "-w", "-t", "60", "start",
+                 as_owner=True)
+        self.sql(f"CREATE ROLE {self.ROLE} LOGIN")
+
+    def stop(self) -> None:
+        if (self.data / "postmaster.pid").exists():
+            self.run("pg_ctl", "-D", str(self.data), "-m", "fast", "-w", "-t", "60", "stop", as_owner=True)
+
+    def new_database(self, prefix: str = "db") -> str:
+        """A fresh database owned by the role (PostgreSQL ≥ 15: only the owner may create tables); its URL."""
+        self._databases += 1
+        name = f"{prefix}_{self._databases}"
+        self.sql(f"CREATE DATABASE {name} OWNER {self.ROLE}")
+        return f"postgresql://{self.ROLE}@127.0.0.1:{self.port}/{name}"
+
+
+def _postgres_bindir() -> Path | None:
+    """The newest /usr/lib/postgresql/VERSION/bin that has initdb and pg_ctl (Debian's layout)."""
+    found = [p.parent for p in Path("/usr/lib/postgresql").glob("*/bin/initdb") if (p.parent / "pg_ctl").exists()]
+    return max(found, key=lambda b: [int(x) if x.isdigit() else 0 for x in b.parent.name.split(".")]) \
+        if found else None
+
+
+def _free_loopback_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def postgres_server():
+    """A throwaway PostgreSQL server for the session, stopped and removed at its end.
+
+    Debian's server binaries (`make postgres` installs them) run as the postgres user when the tests run as
+    root; data and the unix socket live in a temp dir (under $DSEARCH_PG_ROOT if set), TCP on 127.0.0.1 only,
+    on a free port. Skipped if the binaries are absent, unless $DSEARCH_REQUIRE_POSTGRES is set (CI).
+    """
+    def unavailable(reason: str):
+        if os.environ.get("DSEARCH_REQUIRE_POSTGRES"):
+            pytest.fail(f"{reason} (and $DSEARCH_REQUIRE_POSTGRES is set)")
+        pytest.skip(reason)
+
+    bindir = _postgres_bindir()
+    if bindir is None:
+        unavailable("no PostgreSQL server binaries under /usr/lib/postgresql/*/bin "
+                    "(`make postgres` or apt-get install postgresql)")
+    if os.geteuid() == 0:
+        try:
+            import pwd
+
+            owner = pwd.getpwnam("postgres")
+        except KeyError:
+            unavailable("running as root, and there is no postgres user to run the server as")
+        if shutil.which("runuser") is None:
+            unavailable("running as root, and there is no runuser to run the server as postgres")
+    root = Path(tempfile.mkdtemp(prefix="dsearch-pg-", dir=os.environ.get("DSEARCH_PG_ROOT")))
+    if os.geteuid() == 0:
+        os.chown(root, owner.pw_uid, owner.pw_gid)
+    server = None
+    try:
+        for attempt in range(3):      # a free port can be taken between the probe and the start
+            server = PostgresServer(bindir, root, _free_loopback_port())
+            try:
+                server.start()
+                break
+            except RuntimeError:
+                server.stop()
+                shutil.rmtree(server.data, ignore_errors=True)
+                if attempt == 2:
+                    raise
+        yield server
+    finally:
+        try:
+            if server is not None:
+                server.stop()
+        finally:
+            shutil.rmtree(root, ignore_errors=True)

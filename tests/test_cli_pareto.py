@@ -254,19 +254,26 @@ def test_reference_comes_from_the_space_objectives_when_they_have_one():
 
 # --- dashboard figures ----------------------------------------------------------------------------
 
+HOLD_LOCK = """
+import sys, time
+from dsearch.search.lock import StudyLock
+lock = StudyLock(sys.argv[1]); lock.acquire(); print("held", flush=True); time.sleep(60)
+"""
+
+
 def test_figures_are_not_saved_while_a_run_holds_the_lock(study_dir, capsys):
-    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(study_dir)], stdout=subprocess.PIPE, text=True)
     try:
-        (study_dir / "run.lock").write_text(f"{sleeper.pid}\n")
+        assert holder.stdout.readline().strip() == "held"
         before = (study_dir / "study.db").read_bytes()
         code, out = run_pareto(capsys, study_dir)
         assert code == 0
-        assert f"dashboard figures not saved: a `dsearch run` (pid {sleeper.pid}) holds {study_dir}" in out
+        assert f"dashboard figures not saved: a `dsearch run` (pid {holder.pid}) holds {study_dir}" in out
         assert (study_dir / "study.db").read_bytes() == before
         assert dashboard_figures(study_dir) == {}
     finally:
-        sleeper.kill()
-        sleeper.wait()
+        holder.kill()
+        holder.wait()
 
 
 # --- errors ---------------------------------------------------------------------------------------

@@ -70,3 +70,42 @@ def test_unknown_key_is_an_error_naming_it():
 def test_unknown_preset_lists_the_known_ones():
     with pytest.raises(UserError, match=r"unknown preset 'densenet122' \(known presets: densenet40_k12, .*\); did you mean densenet121\?"):
         build_model("densenet122")
+
+
+def test_an_unknown_key_comes_before_the_error_it_causes():
+    # `nme` leaves no name: two errors, pydantic lists the missing one first; the typo is the one to fix.
+    from dsearch.training.config import DataConfig
+
+    with pytest.raises(ValidationError) as info:
+        DataConfig(nme="cifar10")
+    assert [e["type"] for e in info.value.errors()] == ["missing", "extra_forbidden"]
+    assert format_validation_error(info.value) == "nme: unknown key (and 1 more)"
+    fields = list(DataConfig.model_fields)
+    assert format_validation_error(info.value, prefix=("data",), fields_at=lambda loc: fields) == (
+        f"data.nme: unknown key (allowed: {', '.join(fields)}; did you mean name?) (and 1 more)")
+
+
+# --- RunConfig: the dataset's defaults ----------------------------------------------------------
+
+def test_run_config_fills_defaults_in_a_copy_so_a_train_config_can_be_reused():
+    from dsearch.training.config import DataConfig, RunConfig, TrainConfig
+
+    train = TrainConfig()
+    model = ModelConfig(variant="densenet-bc", depth=10, growth_rate=4)
+    cifar = RunConfig(model=model, train=train, data=DataConfig(name="cifar10"))
+    svhn = RunConfig(model=model, train=train, data=DataConfig(name="svhn"))
+    assert (cifar.train.epochs, svhn.train.epochs) == (300, 40)
+    assert (train.epochs, train.batch_size, train.lr_milestones) == (None, None, None)
+    assert cifar.train is not train and cifar.train.model_fields_set == train.model_fields_set == set()
+
+
+def test_an_empty_milestone_list_is_kept_as_a_constant_lr():
+    from dsearch.training.config import RunConfig
+    from dsearch.training.schedule import schedule_lr
+
+    run = RunConfig(model=dict(variant="densenet-bc", depth=10), train=dict(lr_milestones=[]),
+                    data=dict(name="svhn"))
+    assert run.train.lr_milestones == ()
+    assert {schedule_lr(e, run.train) for e in range(run.train.epochs)} == {0.1}
+    paper = RunConfig(model=dict(variant="densenet-bc", depth=10), data=dict(name="svhn"))
+    assert paper.train.lr_milestones == (0.5, 0.75) and schedule_lr(39, paper.train) == pytest.approx(0.001)

@@ -166,3 +166,28 @@ def test_memory_efficient_mode_saves_linear_not_quadratic_feature_memory():
     assert normal_growth > 3.0          # quadratic: doubling depth ~ quadruples the input maps kept
     assert efficient_growth < 2.2       # linear: doubling depth ~ doubles
     assert sizes[32][1] < 0.35 * sizes[32][0]
+
+
+@pytest.mark.parametrize("config", [TINY, TINY.with_overrides(variant="densenet", depth=13)])
+@pytest.mark.parametrize("forward_mode", ["train", "eval"])
+def test_memory_efficient_backward_uses_the_bn_mode_of_its_forward(config, forward_mode):
+    """BN's mode is recorded at forward: `model.eval()` between forward and backward changes nothing."""
+    models = [build_model(config), build_model(config, memory_efficient=True)]
+    models[1].load_state_dict(models[0].state_dict())
+    warm = torch.randn(8, config.in_channels, 32, 32) * 3 + 1
+    with torch.no_grad():                  # running statistics unlike the batch's, so the modes differ
+        for m in models:
+            m.train()(warm)
+    x = torch.randn(8, config.in_channels, 32, 32)
+    outs, grads = [], []
+    for m in models:
+        m.train(forward_mode == "train")
+        xi = x.clone().requires_grad_()
+        out = m(xi)
+        m.train(forward_mode != "train")   # flipped between forward and backward
+        (out * torch.arange(out.shape[1], dtype=out.dtype)).sum().backward()
+        outs.append(out)
+        grads.append([xi.grad] + [p.grad for p in m.parameters()])
+    torch.testing.assert_close(outs[1], outs[0], rtol=1e-5, atol=1e-5)
+    for a, b in zip(*grads):
+        torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-5)

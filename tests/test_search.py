@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import optuna
+import torch
 import pytest
 from optuna.trial import TrialState
 
@@ -194,3 +195,149 @@ def test_a_gpu_space_on_a_cpu_cluster_fails_at_once_with_the_override(tmp_path):
     assert proc.returncode == 2
     assert "--gpus-per-trial 0" in proc.stderr and proc.stderr.count("\n") == 1
     assert not (tmp_path / "s" / "study.db").exists()
+
+
+# --- failures, interrupts, resume, concurrent drivers ------------------------------------------
+
+DIVERGING = TINY.replace("train.lr: {type: categorical, choices: [0.1, 0.0001]}",
+                         "train.lr: {type: categorical, choices: [0.1, 1.0e+12]}") \
+                .replace("seed_trials: [{model.depth: 10, model.growth_rate: 6, train.lr: 0.1}]",
+                         "seed_trials: [{model.depth: 10, model.growth_rate: 6, train.lr: 1.0e+12}]") \
+                .replace("constraints: {max_params: 12000}", "")
+
+
+def test_a_trial_that_diverges_fails_with_its_kind_and_traceback_and_the_search_goes_on(tmp_path):
+    space, study_dir = write_space(tmp_path, num=5, text=DIVERGING), tmp_path / "s"
+    proc = dsearch("run", space, "--study-dir", study_dir, "--quiet")
+    assert proc.returncode == 0, proc.stderr
+    assert "Traceback" not in proc.stderr and "did not include the specified metric" not in proc.stderr
+    study = optuna.load_study(study_name="tiny", storage=f"sqlite:///{study_dir}/study.db")
+    failed = [t for t in study.trials if t.state == TrialState.FAIL]
+    assert failed[0].number == 0 and {t.params["train.lr"] for t in failed} == {1e12}
+    assert len(failed) >= 2, "the same error again must not stop the search either"
+    for t in failed:
+        a = t.user_attrs
+        assert a["fail_reason"] == "error" and a["error_kind"] == "diverged"
+        assert a["error"].startswith("TrainingDiverged: training diverged: the loss became nan at epoch 1")
+        assert a["error"].endswith(f"(traceback: {a['traceback']})")
+        assert Path(a["traceback"]) == (study_dir / "trials" / str(t.number) / "traceback.txt").resolve()
+        assert "Traceback (most recent call last)" in Path(a["traceback"]).read_text()
+    assert any(t.state == TrialState.COMPLETE for t in study.trials)
+    assert st.counted_trials(study) == 5
+    # A crashed trial is never queued again: a rerun has nothing left to do.
+    again = dsearch("run", space, "--study-dir", study_dir, "--quiet")
+    assert again.returncode == 0, again.stderr
+    assert len(optuna.load_study(study_name="tiny", storage=f"sqlite:///{study_dir}/study.db").trials) == 5
+
+
+LONG = TINY.replace("max_epochs: 3", "max_epochs: 40").replace("grace_period: 1", "grace_period: 40") \
+           .replace("constraints: {max_params: 12000}", "")
+
+
+def _start(space: Path, study_dir: Path, *extra) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "dsearch.cli", "run", str(space), "--study-dir", str(study_dir),
+                             "--quiet", *map(str, extra)], start_new_session=True, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+
+
+def _running(url: str, epochs: int = 1):
+    try:
+        trials = optuna.load_study(study_name="tiny", storage=url).get_trials()
+    except Exception:
+        return None
+    return next((t for t in trials if t.state == TrialState.RUNNING and t.user_attrs.get("epochs_trained", 0) >= epochs
+                 and t.user_attrs.get("checkpoint")), None)
+
+
+def test_a_killed_ray_worker_fails_its_trial_and_the_search_goes_on(tmp_path):
+    space, study_dir = write_space(tmp_path, num=2, text=LONG.replace("max_epochs: 40", "max_epochs: 6")
+                                   .replace("grace_period: 40", "grace_period: 6")), tmp_path / "s"
+    url = f"sqlite:///{study_dir}/study.db"
+    proc = _start(space, study_dir)
+    try:
+        assert _wait_for(lambda: _running(url), 120), "no trial got going"
+        victim = _running(url)
+        os.kill(victim.user_attrs["worker_pid"], signal.SIGKILL)
+        out, err = proc.communicate(timeout=240)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 0, err
+    study = optuna.load_study(study_name="tiny", storage=url)
+    dead = study.trials[victim.number]
+    assert dead.state == TrialState.FAIL and dead.user_attrs["fail_reason"] == "error"
+    assert dead.user_attrs["error_kind"] == "worker_died" and "worker process died" in dead.user_attrs["error"]
+    assert st.counted_trials(study) == 2 and any(t.state == TrialState.COMPLETE for t in study.trials)
+
+
+@pytest.mark.parametrize("sig, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_an_interrupted_run_requeues_its_trial_which_resumes_bitwise_from_its_checkpoint(tmp_path, sig, code):
+    from dsearch.training.checkpoint import load_checkpoint
+    from dsearch.training.config import RunConfig
+    from dsearch.training.data import load_data
+    from dsearch.training.loop import fit
+
+    # 50 steps an epoch, 40 epochs: long enough to be caught running, short enough to train twice here.
+    space, study_dir = write_space(tmp_path, num=1, text=LONG.replace("synthetic_size: 400", "synthetic_size: 1600")), \
+        tmp_path / "s"
+    shared = tmp_path / "shared.db"      # a study in a database other hosts could reach: the lease applies
+    url = f"sqlite:///{shared}"
+    proc = _start(space, study_dir, "--storage", url)
+    try:
+        assert _wait_for(lambda: _running(url, epochs=2), 120), "no trial got going"
+        # A second driver on the same database (another study folder, as on another host) refuses.
+        second = dsearch("run", space, "--study-dir", tmp_path / "other", "--storage", url, "--quiet", timeout=120)
+        assert second.returncode == 2 and "is being run by pid" in second.stderr
+        assert _running(url) is not None, "the second driver must not touch the first one's trials"
+        # Ctrl-C in a terminal signals the whole foreground process group.
+        os.killpg(proc.pid, sig) if sig == signal.SIGINT else proc.send_signal(sig)
+        out, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == code, err
+    assert "marked FAIL (interrupted) and queued again; continue with: dsearch run" in err
+    study = optuna.load_study(study_name="tiny", storage=url)
+    first = study.trials[0]
+    assert first.state == TrialState.FAIL and first.user_attrs["fail_reason"] == "interrupted"
+    assert study.trials[1].state == TrialState.WAITING and study.trials[1].user_attrs["requeued_from"] == 0
+    if sig == signal.SIGTERM:
+        return      # the same path as SIGINT from here on
+
+    again = dsearch("run", space, "--study-dir", study_dir, "--storage", url, "--quiet")
+    assert again.returncode == 0, again.stderr
+    study = optuna.load_study(study_name="tiny", storage=url)
+    resumed = study.trials[1]
+    assert resumed.state == TrialState.COMPLETE and resumed.user_attrs["seed"] == first.user_attrs["seed"]
+    done = load_checkpoint(resumed.user_attrs["checkpoint"])
+    epoch_times = [h["epoch_time"] for h in done["history"]]
+    assert epoch_times[:2] == [h["epoch_time"] for h in load_checkpoint(first.user_attrs["checkpoint"])["history"]][:2]
+    # The same trial, never interrupted: same weights and the same curve, bit for bit.
+    run = RunConfig.model_validate(json.loads(resumed.user_attrs["config"]))
+    straight = fit(run, load_data(run.data), checkpoint_path=tmp_path / "straight.pt")
+    assert resumed.user_attrs["curve"] == [h["val_acc"] for h in straight.history]
+    reference = straight.model.state_dict()
+    assert done["model"].keys() == reference.keys()
+    assert all(torch.equal(done["model"][k], reference[k]) for k in reference)
+
+
+def test_two_drivers_started_together_exactly_one_runs_ten_times_over(tmp_path):
+    space, study_dir = write_space(tmp_path, num=1, text=LONG), tmp_path / "s"
+    for round_ in range(10):
+        procs = [_start(space, study_dir) for _ in range(2)]
+        try:
+            end = time.time() + 60
+            while time.time() < end and all(p.poll() is None for p in procs):
+                time.sleep(0.1)
+            time.sleep(2)       # the winner keeps running; a second loser would have exited by now
+            exited = [p for p in procs if p.poll() is not None]
+            assert len(exited) == 1, f"round {round_}: {len(exited)} drivers exited"
+            loser = exited[0]
+            assert loser.returncode == 2
+            err = loser.stderr.read()
+            assert "is in use by a running `dsearch run` (pid" in err and err.count("\n") == 1, err
+        finally:
+            for p in procs:
+                if p.poll() is None:
+                    os.killpg(p.pid, signal.SIGKILL)
+                p.wait()

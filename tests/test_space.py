@@ -329,3 +329,41 @@ def test_a_space_error_is_a_user_error():
     from dsearch.errors import UserError
 
     assert issubclass(SpaceError, UserError)
+
+
+@pytest.mark.parametrize("old, new, first", [
+    ("budget", "budgett", "budgett: unknown key (allowed: name, data, objectives, budget, resources, sampler, "
+                          "constraints, fixed, params, seed_trials; did you mean budget?) (and 1 more)"),
+    ("params", "parms", "parms: unknown key (allowed: "),
+])
+def test_a_misspelt_key_is_reported_before_the_required_key_it_hides(tmp_path, old, new, first):
+    """The typo makes `budget` missing too; the typo is the error to fix, so it comes first."""
+    d = quickstart_dict()
+    d = {new if k == old else k: v for k, v in d.items()}
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(d, sort_keys=False, allow_unicode=True))
+    with pytest.raises(SpaceError) as exc:
+        load_space(path)
+    assert str(exc.value).startswith(f"{path}: {first}"), str(exc.value)
+    if old == "params":
+        assert "did you mean params?" in str(exc.value)
+
+
+def test_a_misspelt_nested_key_comes_before_the_missing_one(tmp_path):
+    text = (SPACES / "quickstart.yaml").read_text().replace("{type: int, low: 10, high: 16, step: 6}",
+                                                            "{type: int, lw: 10, high: 16, step: 6}")
+    with pytest.raises(SpaceError) as exc:
+        parse_space(text, "q.yaml")
+    assert str(exc.value).startswith("q.yaml: params.model.depth.lw: unknown key (allowed: "), str(exc.value)
+    assert "did you mean low?" in str(exc.value) and str(exc.value).endswith("(and 1 more)")
+
+
+def test_spaces_are_yaml_1_2_so_off_and_yes_are_strings():
+    # YAML 1.1 (yaml.safe_load) reads `off` as false, which train.amp refuses; YAML 1.2 reads a string.
+    text = (SPACES / "quickstart.yaml").read_text().replace(
+        "  train.batch_size: 64\n", "  train.batch_size: 64\n  train.amp: off\n")
+    assert yaml.safe_load(text)["fixed"]["train.amp"] is False
+    space = parse_space(text)
+    assert space.fixed["train.amp"] == "off"
+    assert resolve(space, {"model.depth": 10, "model.growth_rate": 6, "model.compression": 0.5,
+                           "train.lr": 0.1}).train.amp == "off"

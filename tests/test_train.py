@@ -69,6 +69,11 @@ def test_paper_protocol_defaults_per_dataset():
     assert resolved("imagenet")[:2] == (90, 256)
 
 
+def test_an_explicit_empty_milestone_list_trains_at_a_constant_lr(tiny_data):
+    assert [m["lr"] for m in fit(tiny_run(epochs=2, lr_milestones=[]), tiny_data).history] == [0.1, 0.1]
+    assert [m["lr"] for m in fit(tiny_run(epochs=2), tiny_data).history] == [0.1, pytest.approx(0.01)]
+
+
 # ------------------------------------------------------------------ evaluate
 
 def test_evaluate_runs_in_eval_mode_and_leaves_batchnorm_buffers_untouched(tiny_data):

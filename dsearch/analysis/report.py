@@ -262,27 +262,32 @@ def make_console() -> "Console":
 
 # --- writing ----------------------------------------------------------------------------------
 
-def write_csv(report: Report, path: Path) -> Path:
+def csv_text(report: Report) -> str:
     """One row per front trial: trial, state, the study's metrics, epochs_trained, searched keys (dotted)."""
-    return _write(path, "--csv", lambda p: report.front.to_csv(p, index=False))
+    return report.front.to_csv(index=False)
 
 
-def write_html(figures: dict[str, "go.Figure"], path: Path, title: str) -> Path:
+def html_text(figures: dict[str, "go.Figure"], title: str) -> str:
     """The figures as one self-contained page (plots.render_html)."""
     from .plots import render_html
 
-    return _write(path, "--html", lambda p: p.write_text(render_html(figures, html.escape(title)),
-                                                          encoding="utf-8"))
+    return render_html(figures, html.escape(title))
 
 
-def _write(path: Path, option: str, write: Any) -> Path:
-    path = Path(path)
+def write_files(files: list[tuple[str, Path, str]]) -> list[Path]:
+    """Write (option, path, text) files: every folder is made first, so a bad path writes none of them."""
+    for option, path, _ in files:
+        _guard(option, path, lambda p: p.parent.mkdir(parents=True, exist_ok=True))
+    for option, path, text in files:
+        _guard(option, path, lambda p: p.write_text(text, encoding="utf-8"))
+    return [Path(path) for _, path, _ in files]
+
+
+def _guard(option: str, path: Path, action: Any) -> None:
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        write(path)
+        action(Path(path))
     except OSError as e:
         raise UserError(f"{option} {path}: can't write ({e.strerror or e.__class__.__name__})") from None
-    return path
 
 
 def figure_ids(objectives: tuple[Objective, ...], include_partial: bool, keys: Any) -> list[str]:

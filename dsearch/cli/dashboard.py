@@ -11,6 +11,7 @@ from ..errors import UserError
 from ..search.io import read_stored_space
 from ..search.record import open_study, storage_url, study_id
 from .app import app
+from .pareto import STORAGE_HELP, STUDY_DIR_HELP, STUDY_HELP
 
 
 def check_port(port: int) -> None:
@@ -25,26 +26,32 @@ def check_port(port: int) -> None:
                             f"(e.g. --port {port + 1})") from None
 
 
-def dashboard_command(study_dir: Path, storage: str | None = None, port: int = 8080) -> None:
-    """Serve optuna-dashboard for the study on 127.0.0.1:port until Ctrl-C."""
+def dashboard_command(study_dir: Path | None, storage: str | None = None, port: int = 8080,
+                      study_name: str | None = None) -> None:
+    """Serve optuna-dashboard for the study on 127.0.0.1:port until Ctrl-C.
+
+    The dashboard lists every study in the storage; the printed URL opens this one.
+    """
     from optuna_dashboard import run_server
 
-    study_dir = Path(study_dir)
-    study = open_study(study_dir, storage, read_stored_space(study_dir))
+    study = open_study(study_dir, storage, read_stored_space(study_dir), study_name)
     check_port(port)
+    url = storage_url(study_dir, storage)
     print(f"optuna-dashboard for study {study.study_name}: "
-          f"http://127.0.0.1:{port}/dashboard/studies/{study_id(storage_url(study_dir, storage), study.study_name)} (Ctrl-C to stop)", flush=True)
+          f"http://127.0.0.1:{port}/dashboard/studies/{study_id(url, study.study_name)} (Ctrl-C to stop)",
+          flush=True)
     try:
-        run_server(storage_url(study_dir, storage), host="127.0.0.1", port=port)
+        run_server(url, host="127.0.0.1", port=port)
     except KeyboardInterrupt:
         pass  # Ctrl-C is how the dashboard is meant to stop.
 
 
 @app.command()
 def dashboard(
-    study_dir: Path = typer.Argument(..., help="study directory, e.g. studies/c10"),
+    study_dir: Optional[Path] = typer.Argument(None, help=STUDY_DIR_HELP),
     port: int = typer.Option(8080, "--port", help="port on 127.0.0.1"),
-    storage: Optional[str] = typer.Option(None, "--storage", help="Optuna RDB URL (default: SQLite in the study dir)"),
+    storage: Optional[str] = typer.Option(None, "--storage", help=STORAGE_HELP),
+    study: Optional[str] = typer.Option(None, "--study", help=STUDY_HELP),
 ) -> None:
     """Serve the study in optuna-dashboard on 127.0.0.1 (Ctrl-C stops it)."""
-    dashboard_command(study_dir, storage, port)
+    dashboard_command(study_dir, storage, port, study)

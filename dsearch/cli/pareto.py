@@ -2,6 +2,11 @@
 
 Everything is checked before anything is written, and the one write into the study (the dashboard
 figures, as study system attrs) comes last and only while no `dsearch run` holds the study's lock.
+
+The study is a study directory (SQLite inside it), or `--storage URL [--study NAME]` with no local folder
+needed: the space then comes from the copy stored in the study, and pareto.csv / pareto.html go to
+`studies/NAME/` (created on demand, where `dsearch run` would put the study's folder) unless --csv / --html
+say otherwise.
 """
 
 from __future__ import annotations
@@ -11,44 +16,65 @@ from typing import Optional
 
 import typer
 
-from ..analysis.report import (CSV_FILE, HTML_FILE, Report, build_report, figure_ids, front_table, make_console,
+from ..analysis.report import (CSV_FILE, HTML_FILE, Report, build_report, csv_text, figure_ids, front_table, html_text,
+                               make_console,
                                parse_reference, save_dashboard_figures, select_objectives, summary_lines,
-                               write_csv, write_html)
-from ..search.io import read_stored_space
-from ..search.lock import StudyLock
-from ..search.record import open_study, storage_url
+                               write_files)
+from ..search.io import open_study_with_space
+from ..search.lock import StudyLease, StudyLock
+from ..search.record import display_url, storage_url
 from .app import app
 
+STUDY_DIR_HELP = "study directory, e.g. studies/c10 (optional with --storage)"
+STORAGE_HELP = "Optuna RDB URL, e.g. postgresql://USER@HOST:PORT/DB (default: SQLite in the study dir)"
+STUDY_HELP = "study name in --storage (default: the study dir's, or the only one there)"
 
-def pareto_command(study_dir: Path, storage: str | None = None, objectives: str | None = None,
+
+def output_dir(study_dir: Path | None, study_name: str) -> Path:
+    """Where a command writes next to a study: its directory, else studies/NAME (as `dsearch run` names it)."""
+    return Path(study_dir) if study_dir is not None else Path("studies") / study_name
+
+
+def study_args(study_dir: Path | None, storage: str | None, study_name: str) -> str:
+    """How to name this study again on the command line (the password, if any, hidden)."""
+    if storage is None:
+        return str(study_dir)
+    where = f"{study_dir} " if study_dir is not None else ""
+    return f"{where}--storage {display_url(storage)} --study {study_name}"
+
+
+def pareto_command(study_dir: Path | None, storage: str | None = None, objectives: str | None = None,
                    csv: Path | None = None, html_path: Path | None = None, reference: str | None = None,
-                   include_partial: bool = False) -> Report:
+                   include_partial: bool = False, study_name: str | None = None) -> Report:
     """Print the front and its summary, write CSV and HTML, save the figures for the dashboard."""
     from ..analysis.plots import build_figures
 
-    study_dir = Path(study_dir)
-    space = read_stored_space(study_dir)
-    study = open_study(study_dir, storage, space)
+    study, space = open_study_with_space(study_dir, storage, study_name)
     chosen = select_objectives(study, objectives)
     report = build_report(study, chosen, include_partial, parse_reference(reference, chosen), space)
+    out_dir = output_dir(study_dir, study.study_name)
 
     console = make_console()
-    console.print(f"study {report.study_name} ({storage_url(study_dir, storage)})")
+    console.print(f"study {report.study_name} ({display_url(storage_url(study_dir, storage))})")
     console.print(front_table(report, include_partial))
     for line in summary_lines(report):
         console.print(line)
 
     figures = build_figures(report.plot)
     title = f"dsearch Pareto front: {report.study_name} ({', '.join(o.metric for o in chosen)})"
-    html_out = write_html(figures, html_path or study_dir / HTML_FILE, title)
-    csv_out = write_csv(report, csv or study_dir / CSV_FILE)
-    holder = StudyLock(study_dir).holder()
-    if holder is not None:
-        console.print(f"dashboard figures not saved: a `dsearch run` (pid {holder}) holds {study_dir}; "
+    html_out, csv_out = write_files([("--html", html_path or out_dir / HTML_FILE, html_text(figures, title)),
+                                     ("--csv", csv or out_dir / CSV_FILE, csv_text(report))])
+    holder = StudyLock(out_dir).holder()
+    lease = StudyLease(storage_url(study_dir, storage), study.study_name).holder() if storage else None
+    if holder is not None or lease is not None:
+        where = (f"pid {holder}) holds {out_dir}" if holder is not None
+                 else f"pid {lease['pid']} on host {lease['host']}) runs the study")
+        console.print(f"dashboard figures not saved: a `dsearch run` ({where}; "
                       "run `dsearch pareto` again after it ends")
     else:
         ids = save_dashboard_figures(study, figures, figure_ids(chosen, include_partial, figures))
-        console.print(f"dashboard: {len(ids)} figures saved in the study (`dsearch dashboard {study_dir}`)")
+        console.print(f"dashboard: {len(ids)} figures saved in the study "
+                      f"(`dsearch dashboard {study_args(study_dir, storage, study.study_name)}`)")
     console.print(f"HTML: {html_out}")
     console.print(f"CSV: {csv_out}")
     return report
@@ -56,17 +82,20 @@ def pareto_command(study_dir: Path, storage: str | None = None, objectives: str 
 
 @app.command()
 def pareto(
-    study_dir: Path = typer.Argument(..., help="study directory, e.g. studies/c10"),
+    study_dir: Optional[Path] = typer.Argument(None, help=STUDY_DIR_HELP),
     objectives: Optional[str] = typer.Option(None, "--objectives",
                                              help="comma list, a subset of the study's (default: all)"),
-    csv: Optional[Path] = typer.Option(None, "--csv", help="front as CSV (default: STUDY_DIR/pareto.csv)"),
-    html: Optional[Path] = typer.Option(None, "--html", help="plots as HTML (default: STUDY_DIR/pareto.html)"),
+    csv: Optional[Path] = typer.Option(None, "--csv", help="front as CSV (default: STUDY_DIR/pareto.csv, "
+                                                           "or studies/NAME/pareto.csv with --storage alone)"),
+    html: Optional[Path] = typer.Option(None, "--html", help="plots as HTML (default: STUDY_DIR/pareto.html, "
+                                                             "or studies/NAME/pareto.html with --storage alone)"),
     reference: Optional[str] = typer.Option(
         None, "--reference", help="hypervolume reference point, comma list in objective order (raw units; "
                                   "default: space.yaml's, else 0 / 1.1 × the largest)"),
     include_partial: bool = typer.Option(False, "--include-partial",
                                          help="add PRUNED trials at their last epoch"),
-    storage: Optional[str] = typer.Option(None, "--storage", help="Optuna RDB URL (default: SQLite in the study dir)"),
+    storage: Optional[str] = typer.Option(None, "--storage", help=STORAGE_HELP),
+    study: Optional[str] = typer.Option(None, "--study", help=STUDY_HELP),
 ) -> None:
     """The Pareto front of full-budget trials: table, hypervolume, CSV, HTML, dashboard figures."""
-    pareto_command(study_dir, storage, objectives, csv, html, reference, include_partial)
+    pareto_command(study_dir, storage, objectives, csv, html, reference, include_partial, study)

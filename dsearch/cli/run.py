@@ -2,66 +2,126 @@
 
 from __future__ import annotations
 
+import signal
+import sys
 import time
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Iterator, Optional
 
 import typer
 
-from ..errors import UserError
+from ..errors import RunInterrupted, UserError
 from ..search import record as st
 from ..search.io import SPACE_FILE, check_same_space, dump_space, load_space
-from ..search.lock import StudyLock
+from ..search.lock import LOCK_FILE, StudyLease, StudyLock
 from ..search.schema import SearchSpace
 from .app import app
 
 
 def with_overrides(space: SearchSpace, cpus: float | None, gpus: float | None) -> SearchSpace:
-    """The space with --cpus-per-trial / --gpus-per-trial applied."""
-    res = space.resources.model_copy(update={k: v for k, v in (("cpu", cpus), ("gpu", gpus)) if v is not None})
+    """The space with --cpus-per-trial / --gpus-per-trial applied, validated like the file's own values."""
+    from pydantic import ValidationError
+
+    from ..strict import format_validation_error
+
+    update = {k: v for k, v in (("cpu", cpus), ("gpu", gpus)) if v is not None}
+    try:
+        res = type(space.resources).model_validate({**space.resources.model_dump(), **update})
+    except ValidationError as e:
+        flag = {"cpu": "--cpus-per-trial", "gpu": "--gpus-per-trial"}[str(e.errors()[0]["loc"][0])]
+        raise UserError(f"{flag}: {format_validation_error(e, prefix=['resources'])}") from None
     return space.model_copy(update={"resources": res})
 
 
 def run_command(space_path: Path, study_dir: Path | None, storage: str | None, ray_address: str | None,
                 cpus: float | None, gpus: float | None, quiet: bool = False) -> dict[str, Any]:
-    """Run or continue a search; returns the summary (counts by state, best val_acc, wall time)."""
-    space = load_space(space_path)
+    """Run or continue a search; returns the summary (counts by state, best val_acc, wall time).
+
+    Raises RunInterrupted after SIGINT / SIGTERM, once the running trials are queued again.
+    """
+    space = with_overrides(load_space(space_path), cpus, gpus)
+    if storage:
+        st.check_storage(storage)         # a bad URL or a missing driver: one line, before Ray starts
     study_dir = Path(study_dir or Path("studies") / space.name)
     stored = study_dir / SPACE_FILE
     if stored.exists():
         check_same_space(space, stored)
     elif study_dir.exists() and (study_dir / st.STUDY_DB).exists():
         raise UserError(f"{study_dir} holds a study but no {SPACE_FILE}; use a new --study-dir")
-    space = with_overrides(space, cpus, gpus)
-    t0 = time.time()
-    with StudyLock(study_dir):
-        from ..search import runner
-        from ..search.live import LiveView
-        from ..training.data import load_data
+    return _run(space, space_path, study_dir, storage, ray_address, quiet)
 
+
+def _run(space: SearchSpace, space_path: Path, study_dir: Path, storage: str | None, ray_address: str | None,
+         quiet: bool) -> dict[str, Any]:
+    from ..search import runner
+    from ..search.live import LiveView
+    from ..training.data import load_data
+
+    t0 = time.time()
+    created = not study_dir.exists()
+    with StudyLock(study_dir), _undo_failed_start(study_dir, created):
+        if storage:
+            _check_lease(st.storage_url(study_dir, storage), space.name)   # before the slow start of Ray
         data = load_data(space.data)          # errors (missing files) before Ray or the study start
         runner.start_ray(ray_address)
         try:
             runner.check_resources(space.resources.cpu, space.resources.gpu)
             study = st.create_or_load(space, study_dir, storage)
-            if not stored.exists():
-                tmp = stored.with_suffix(".tmp")
-                tmp.write_text(dump_space(space))
-                tmp.replace(stored)
-            requeued = st.fail_interrupted(study)
-            if requeued and not quiet:
-                print(f"resuming: trials {requeued} were interrupted; their parameters are queued again")
-            with LiveView(space.budget.max_epochs, space.budget.num_samples, enabled=not quiet) as view:
-                try:
-                    runner.run_search(space, study, study_dir, data, view)
-                finally:
-                    st.fail_interrupted(study)     # Ctrl-C: running trials are re-queued, never lost
+            # A shared database can be reached from other hosts, which the file lock can't see.
+            with StudyLease(st.storage_url(study_dir, storage), space.name) if storage else nullcontext():
+                if not (study_dir / SPACE_FILE).exists():
+                    tmp = study_dir / (SPACE_FILE + ".tmp")
+                    tmp.write_text(dump_space(space))
+                    tmp.replace(study_dir / SPACE_FILE)
+                requeued = st.fail_interrupted(study)
+                if requeued and not quiet:
+                    print(f"resuming: trials {requeued} were interrupted; they are queued again, to continue "
+                          "from their last checkpoints")
+                with runner.Interruption() as interruption, \
+                        LiveView(space.budget.max_epochs, space.budget.num_samples, enabled=not quiet) as view:
+                    try:
+                        runner.run_search(space, study, study_dir, data, view, interruption)
+                    finally:
+                        stopped = st.fail_interrupted(study)   # never lost: queued again, resumable
         finally:
             import ray
 
             if ray_address is None:
                 ray.shutdown()
-    return st.summarize(study, time.time() - t0)
+    summary = st.summarize(study, time.time() - t0)
+    if interruption.signum is not None:
+        print_summary(summary)
+        name = signal.Signals(interruption.signum).name
+        again = f"dsearch run {space_path} --study-dir {study_dir}" + (f" --storage {storage}" if storage else "")
+        raise RunInterrupted(f"{name}: stopped; {len(stopped)} running trial{'s' * (len(stopped) != 1)} "
+                             f"{stopped} marked FAIL (interrupted) and queued again; continue with: {again}",
+                             interruption.signum)
+    return summary
+
+
+def _check_lease(url: str, name: str) -> None:
+    """Refuse at once if a live driver, maybe on another host, runs the study in this database."""
+    if name in [s.study_name for s in st.open_storage(url).get_all_studies()]:
+        StudyLease(url, name).check()
+
+
+@contextmanager
+def _undo_failed_start(study_dir: Path, created: bool) -> Iterator[None]:
+    """On a failure before the study exists, remove the folder this run made (it holds only the lock file).
+
+    Runs while the lock is held, so a second driver that lost the race never removes the winner's folder.
+    """
+    try:
+        yield
+    except BaseException:
+        try:
+            if created and {p.name for p in study_dir.iterdir()} <= {LOCK_FILE}:
+                (study_dir / LOCK_FILE).unlink(missing_ok=True)
+                study_dir.rmdir()
+        except OSError:
+            pass
+        raise
 
 
 def print_summary(summary: dict[str, Any]) -> None:
@@ -84,4 +144,9 @@ def run(
     quiet: bool = typer.Option(False, "--quiet", help="no live table"),
 ) -> None:
     """Run (or continue) a search: Ray Tune + ASHA trials recorded in an Optuna study."""
-    print_summary(run_command(space, study_dir, storage, ray_address, cpus_per_trial, gpus_per_trial, quiet))
+    try:
+        summary = run_command(space, study_dir, storage, ray_address, cpus_per_trial, gpus_per_trial, quiet)
+    except RunInterrupted as e:       # the study is in order: say how to continue, exit 128 + signal
+        print(f"dsearch: interrupted by {e}", file=sys.stderr)
+        raise typer.Exit(e.exit_code) from None
+    print_summary(summary)

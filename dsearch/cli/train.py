@@ -6,23 +6,42 @@ import csv
 import json
 import time
 from pathlib import Path
-from typing import Any, List, Optional
+from typing import Any, Callable, List, Optional
 
 import typer
+from pydantic import ValidationError
 
-from ..errors import UserError
+from ..errors import UserError, did_you_mean
 from ..metrics import (EPOCH, EPOCH_METRICS, EPOCH_TIME, IMAGES_PER_S, LR, MACS, PARAMS, PEAK_MEMORY_BYTES,
                        TRAIN_LOSS, TRAIN_TIME_S, VAL_ACC, VAL_LOSS, WALL_TIME_S)
 from ..net.config import ModelConfig
-from ..training.config import DataConfig, RunConfig, TrainConfig
+from ..strict import format_validation_error
+from ..training.config import DATASETS, DataConfig, RunConfig, TrainConfig
 from .app import app, parse_sets
 
 CHECKPOINT, METRICS_CSV, SUMMARY_JSON = "checkpoint.pt", "metrics.csv", "summary.json"
+
+# What a resumed run may change: where and how fast it runs, not what it computes. train.epochs may
+# change too (to extend a run) when the epochs already trained keep their lr (see check_resumable).
+RESUME_MAY_CHANGE = ("train.device", "train.num_threads", "train.compile", "train.channels_last",
+                     "data.root", "data.download", "data.num_workers")
+
+
+def _validated(section: str, build: Callable[[], Any], model: type) -> Any:
+    """build(), with a ValidationError as one line whose keys carry the section (`train.lr: ...`)."""
+    try:
+        return build()
+    except ValidationError as e:
+        raise UserError(format_validation_error(
+            e, prefix=(section,), fields_at=lambda loc: list(model.model_fields) if len(loc) == 2 else [])) from None
 
 
 def build_run_config(preset: str | None, dataset: str, sets: dict[str, Any], *, data_dir: Path | None = None,
                      epochs: int | None = None, subset: int | None = None, download: bool = False) -> RunConfig:
     """RunConfig from a preset (optional), dotted `model.*` / `train.*` / `data.*` overrides and flags."""
+    if dataset not in DATASETS:
+        raise UserError(f"--dataset {dataset!r}: unknown dataset (known: {', '.join(DATASETS)})"
+                        f"{did_you_mean(dataset, DATASETS)}")
     parts: dict[str, dict[str, Any]] = {"model": {}, "train": {}, "data": {}}
     for key, value in sets.items():
         head, _, rest = key.partition(".")
@@ -32,12 +51,16 @@ def build_run_config(preset: str | None, dataset: str, sets: dict[str, Any], *, 
     for name in ("in_channels", "num_classes"):
         if name in parts["model"]:
             raise UserError(f"--set model.{name}: comes from the dataset ({dataset}); drop it")
+    if "name" in parts["data"]:
+        raise UserError("--set data.name: the dataset is --dataset NAME; drop it")
     if preset is not None:
         from ..net.presets import get_preset
 
-        model = get_preset(preset).with_overrides(**parts["model"]) if parts["model"] else get_preset(preset)
+        base = get_preset(preset)
+        model = _validated("model", lambda: base.with_overrides(**parts["model"]) if parts["model"] else base,
+                           ModelConfig)
     else:
-        model = ModelConfig(**parts["model"])
+        model = _validated("model", lambda: ModelConfig(**parts["model"]), ModelConfig)
     data = {"name": dataset, "download": download, **parts["data"]}
     if data_dir is not None:
         data["root"] = data_dir
@@ -46,7 +69,8 @@ def build_run_config(preset: str | None, dataset: str, sets: dict[str, Any], *, 
     train = dict(parts["train"])
     if epochs is not None:
         train["epochs"] = epochs
-    return RunConfig(model=model, train=TrainConfig(**train), data=DataConfig(**data))
+    return RunConfig(model=model, train=_validated("train", lambda: TrainConfig(**train), TrainConfig),
+                     data=_validated("data", lambda: DataConfig(**data), DataConfig))
 
 
 def write_metrics(path: Path, history: list[dict[str, Any]]) -> None:
@@ -77,10 +101,13 @@ class EpochProgress:
 
         self.console = Console(soft_wrap=True, highlight=False)   # lines on stdout, the bar on stderr
         self.epochs, self.batch_size, self.num_train = epochs, batch_size, num_train
+        bar_console = Console(stderr=True)
+        # Only on a terminal: elsewhere rich draws no bar but ends with an empty line on stderr.
+        enabled = enabled and bar_console.is_terminal
         self.bar = Progress(TextColumn("epoch {task.fields[epoch]}/{task.fields[epochs]}"), BarColumn(),
                             MofNCompleteColumn(), TextColumn("{task.fields[ips]:>6.0f} img/s"),
                             TextColumn("loss {task.fields[loss]}"), TimeElapsedColumn(), TextColumn("ETA"),
-                            TimeRemainingColumn(), console=Console(stderr=True), transient=True,
+                            TimeRemainingColumn(), console=bar_console, transient=True,
                             disable=not enabled)
         self.task = None
         self.t0 = time.perf_counter()
@@ -108,24 +135,117 @@ class EpochProgress:
         self.console.print(epoch_line(metrics, self.epochs))
 
 
+def _flatten(d: Any, prefix: str = "") -> dict[str, Any]:
+    if not isinstance(d, dict):
+        return {prefix: d}
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        out.update(_flatten(v, f"{prefix}.{k}" if prefix else str(k)))
+    return out
+
+
+def _show(v: Any) -> str:
+    return json.dumps(v) if isinstance(v, (list, dict, str)) or v is None else str(v)
+
+
+def _load_error(e: Exception) -> str:
+    """torch.load's error in a few words (its weights_only message is a paragraph of advice)."""
+    text = str(e)
+    if "WeightsUnpickler error:" in text:
+        text = text.split("WeightsUnpickler error:", 1)[1]
+    line = next((x.strip() for x in text.splitlines() if x.strip()), "")
+    line = line.split(". ")[0][:160]
+    return f"{e.__class__.__name__}: {line}" if line else e.__class__.__name__
+
+
+def read_resume_checkpoint(ckpt: Path) -> dict[str, Any]:
+    """The checkpoint `dsearch train --resume` continues from; UserError if it isn't one fit wrote."""
+    from ..training.checkpoint import load_checkpoint
+
+    try:
+        state = load_checkpoint(ckpt)
+    except Exception as e:  # torch raises several types for a truncated, garbage or foreign file
+        raise UserError(f"--resume: {ckpt}: can't read it ({_load_error(e)}); it is truncated or not written "
+                        "by `dsearch train`; start again with a new --out") from None
+    keys = ("model", "optimizer", "epoch", "history", "config")
+    if (not isinstance(state, dict) or any(k not in state for k in keys) or not isinstance(state["config"], dict)
+            or not isinstance(state["history"], list)):
+        raise UserError(f"--resume: {ckpt}: not a checkpoint written by `dsearch train` (expected the keys "
+                        f"{', '.join(keys)}); start again with a new --out")
+    return state
+
+
+def check_resumable(state: dict[str, Any], run: RunConfig, ckpt: Path, *, final: bool) -> None:
+    """Refuse to continue a checkpoint under other settings (one line naming the first difference).
+
+    Only RESUME_MAY_CHANGE may differ, and train.epochs when the new schedule gives every epoch
+    already trained the lr it was trained with (and leaves at least those epochs).
+    """
+    from ..training.schedule import schedule_lr
+
+    where = f"--resume: {ckpt} was written by a different run"
+    fix = "use the same settings, or a new --out"
+    a, b = _flatten(state["config"]), _flatten(run.model_dump(mode="json"))
+    for key in list(a) + [k for k in b if k not in a]:
+        va, vb = a.get(key, "(absent)"), b.get(key, "(absent)")
+        if va != vb and key != "train.epochs" and not key.startswith(RESUME_MAY_CHANGE):
+            raise UserError(f"{where}: {key} {_show(va)} → {_show(vb)}; {fix}")
+    history = state["history"]
+    was_final = bool(history) and all(h.get("val_acc") is None for h in history)
+    if history and was_final != final:
+        raise UserError(f"{where}: --final {'on → off' if was_final else 'off → on'}; {fix}")
+    done, epochs = int(state["epoch"]), run.train.epochs
+    if epochs != a.get("train.epochs"):
+        old = TrainConfig.model_validate(state["config"]["train"])   # equal to run.train but for epochs
+        if epochs < done:
+            raise UserError(f"--resume: {ckpt} already holds {done} epochs; train.epochs {epochs} is fewer "
+                            f"(give --epochs ≥ {done})")
+        for e in range(done):
+            before, after = schedule_lr(e, old), schedule_lr(e, run.train)
+            if abs(before - after) > 1e-12 * max(before, after):
+                raise UserError(f"{where}: train.epochs {old.epochs} → {epochs} changes the lr of epoch "
+                                f"{e + 1}, already trained ({before:g} → {after:g}); keep --epochs "
+                                f"{old.epochs}, or start a new --out")
+
+
+def _check_out(out: Path) -> None:
+    """UserError if `out` can't be a folder: it is a file, or below one."""
+    for folder in (out, *out.parents):
+        if folder.exists():
+            if not folder.is_dir():
+                what = "is a file" if folder == out else f"is below {folder}, which is a file"
+                raise UserError(f"--out {out}: {what}; give a folder")
+            return
+
+
 def train_command(preset: str | None, dataset: str, sets: dict[str, Any], *, data_dir: Path | None,
                   epochs: int | None, subset: int | None, final: bool, resume: bool, out: Path | None,
                   download: bool, progress: bool = True) -> dict[str, Any]:
     """Run `dsearch train`: train, print a line per epoch, write metrics.csv and summary.json in out."""
-    from ..net.cost import count_macs, count_params
-    from ..training.data import load_data
-    from ..training.loop import fit
-
     run = build_run_config(preset, dataset, sets, data_dir=data_dir, epochs=epochs, subset=subset,
                            download=download)
     out = Path(out) if out is not None else Path("runs") / f"{preset or 'custom'}-{dataset}{'-final' if final else ''}"
+    _check_out(out)
     ckpt = out / CHECKPOINT
     if ckpt.exists() and not resume:
         raise UserError(f"{out} already holds a run ({CHECKPOINT}); pass --resume to continue it or --out NEW_DIR")
     if resume and not ckpt.exists():
         raise UserError(f"--resume: no {CHECKPOINT} in {out}; run without --resume to start")
-    out.mkdir(parents=True, exist_ok=True)
-    data = load_data(run.data, final=final)
+    history: list[dict[str, Any]] = []
+    if resume:
+        state = read_resume_checkpoint(ckpt)
+        check_resumable(state, run, ckpt, final=final)
+        history.extend(state["history"])
+        del state
+    from ..net.cost import count_macs, count_params    # torch and the data only once the settings are checked
+    from ..training.data import load_data
+    from ..training.loop import fit
+
+    data = load_data(run.data, final=final)          # a missing dataset: nothing written yet
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"--out {out}: can't create it ({e.strerror or e.__class__.__name__})") from None
     t = run.train
     bar = EpochProgress(t.epochs, t.batch_size, data.num_train, enabled=progress)
     bar.console.print(f"{data.describe()}; {t.epochs} epoch{'s' if t.epochs != 1 else ''}, batch {t.batch_size}, lr {t.lr:g}"
@@ -136,11 +256,6 @@ def train_command(preset: str | None, dataset: str, sets: dict[str, Any], *, dat
         write_metrics(out / METRICS_CSV, history)
         bar.on_epoch(metrics)
 
-    history: list[dict[str, Any]] = []
-    if resume:
-        from ..training.checkpoint import load_checkpoint
-
-        history.extend(load_checkpoint(ckpt)["history"])
     with bar:
         result = fit(run, data, callback=callback, checkpoint_path=ckpt, resume=resume, final=final,
                      on_batch=bar.on_batch)

@@ -34,23 +34,44 @@ def _bn_training(bn: nn.BatchNorm2d) -> bool:
 
 
 def _bn_forward(bn: nn.BatchNorm2d, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor):
+    """BN output, the statistics it used, and whether they were the batch's (train mode).
+
+    The mode is read here, at forward, and backward gets it from ctx: a model put in eval mode between
+    forward and backward must still get the gradient of what forward computed. The statistics are
+    (batch mean, batch invstd) in train mode, copies of (running_mean, running_var) in eval mode.
+    """
+    training = _bn_training(bn)
     momentum = _bn_momentum(bn)
-    return aten.native_batch_norm(x, weight, bias, bn.running_mean, bn.running_var,
-                                  _bn_training(bn), momentum, bn.eps)
+    y, mean, invstd = aten.native_batch_norm(x, weight, bias, bn.running_mean, bn.running_var,
+                                             training, momentum, bn.eps)
+    if not training:
+        mean, invstd = bn.running_mean.clone(), bn.running_var.clone()
+    return y, mean, invstd, training
 
 
-def _bn_recompute(bn: nn.BatchNorm2d, x: torch.Tensor, weight, bias, mean, invstd) -> torch.Tensor:
-    """The BN output again, from the statistics forward used (batch stats or running stats)."""
-    if not _bn_training(bn):
-        mean, invstd = bn.running_mean, torch.rsqrt(bn.running_var + bn.eps)
+def _bn_recompute(bn: nn.BatchNorm2d, x: torch.Tensor, weight, bias, mean, invstd_or_var,
+                  training: bool) -> torch.Tensor:
+    """The BN output again, from the statistics forward used (see _bn_forward)."""
+    invstd = invstd_or_var if training else torch.rsqrt(invstd_or_var + bn.eps)
     shape = (1, -1, 1, 1)
     scale = (invstd * weight).reshape(shape)
     return torch.addcmul((bias - mean * invstd * weight).reshape(shape), x, scale)
 
 
-def _bn_backward(bn: nn.BatchNorm2d, grad: torch.Tensor, x: torch.Tensor, weight, mean, invstd):
-    return aten.native_batch_norm_backward(grad, x, weight, bn.running_mean, bn.running_var,
-                                           mean, invstd, _bn_training(bn), bn.eps, [True, True, True])
+def _bn_backward(bn: nn.BatchNorm2d, grad: torch.Tensor, x: torch.Tensor, weight, mean, invstd_or_var,
+                 training: bool):
+    """Gradients of BN's input, weight and bias, in the mode forward ran in (see _bn_forward).
+
+    The arguments as autograd passes them: in train mode the batch statistics as save_mean/save_invstd; in
+    eval mode the running statistics, and empty save_mean/save_invstd (as native_batch_norm returns them
+    in eval mode; CUDA's kernels expect them defined).
+    """
+    if training:
+        return aten.native_batch_norm_backward(grad, x, weight, bn.running_mean, bn.running_var, mean,
+                                               invstd_or_var, True, bn.eps, [True, True, True])
+    empty = mean.new_empty(0)
+    return aten.native_batch_norm_backward(grad, x, weight, mean, invstd_or_var, empty, empty, False, bn.eps,
+                                           [True, True, True])
 
 
 def _conv_args(conv: nn.Conv2d) -> tuple:
@@ -97,7 +118,7 @@ class _EfficientDenseLayer(torch.autograd.Function):
         with torch.autocast(feats[0].device.type, enabled=False):
             x = torch.cat([f.float() for f in feats], 1) if len(feats) > 1 else feats[0].float()
             g1, b1, w1 = params[:3]
-            y1, mean1, invstd1 = _bn_forward(layer.norm1, x, g1, b1)
+            y1, mean1, invstd1, train1 = _bn_forward(layer.norm1, x, g1, b1)
             del x
             out = _conv_forward(layer.conv1, y1.relu_(), w1, dt)
             del y1
@@ -105,10 +126,11 @@ class _EfficientDenseLayer(torch.autograd.Function):
             out = _apply_mask(out, mask1, p)
             saved = [mean1, invstd1, *params]
             mask2 = mean2 = invstd2 = None
+            train2 = False
             if layer.bottleneck:
                 g2, b2, w2 = params[3:]
                 d1 = out
-                y2, mean2, invstd2 = _bn_forward(layer.norm2, d1.float(), g2, b2)
+                y2, mean2, invstd2, train2 = _bn_forward(layer.norm2, d1.float(), g2, b2)
                 out = _conv_forward(layer.conv2, y2.relu_(), w2, dt)
                 del y2
                 mask2 = _dropout_mask(out, p)
@@ -116,6 +138,7 @@ class _EfficientDenseLayer(torch.autograd.Function):
                 saved += [d1, mean2, invstd2]
         ctx.layer, ctx.n, ctx.p, ctx.dt = layer, n, p, dt
         ctx.masks = (mask1, mask2)
+        ctx.bn_training = (train1, train2)
         ctx.feat_dtypes = [f.dtype for f in feats]
         ctx.save_for_backward(*feats, *saved)
         return out
@@ -124,6 +147,7 @@ class _EfficientDenseLayer(torch.autograd.Function):
     def backward(ctx: Any, grad: torch.Tensor):
         layer, n, p, dt = ctx.layer, ctx.n, ctx.p, ctx.dt
         mask1, mask2 = ctx.masks
+        train1, train2 = ctx.bn_training
         saved = ctx.saved_tensors
         feats, rest = saved[:n], saved[n:]
         mean1, invstd1, g1, b1, w1 = rest[:5]
@@ -133,22 +157,22 @@ class _EfficientDenseLayer(torch.autograd.Function):
             if layer.bottleneck:
                 g2, b2, w2, d1, mean2, invstd2 = rest[5:]
                 d1f = d1.float()
-                r2 = _bn_recompute(layer.norm2, d1f, g2, b2, mean2, invstd2).relu_()
+                r2 = _bn_recompute(layer.norm2, d1f, g2, b2, mean2, invstd2, train2).relu_()
                 g = _apply_mask(grad, mask2, p)
                 g_r2, g_w2 = _conv_backward(layer.conv2, g, r2, w2, dt, True)
                 g_y2 = aten.threshold_backward(g_r2.float(), r2, 0)
                 del r2, g_r2
-                g_d1, g_g2, g_b2 = _bn_backward(layer.norm2, g_y2, d1f, g2, mean2, invstd2)
+                g_d1, g_g2, g_b2 = _bn_backward(layer.norm2, g_y2, d1f, g2, mean2, invstd2, train2)
                 del g_y2, d1f
                 grad = g_d1
                 grads_params = [g_g2, g_b2, g_w2]
             g = _apply_mask(grad, mask1, p)
             x = torch.cat([f.float() for f in feats], 1) if n > 1 else feats[0].float()
-            r1 = _bn_recompute(layer.norm1, x, g1, b1, mean1, invstd1).relu_()
+            r1 = _bn_recompute(layer.norm1, x, g1, b1, mean1, invstd1, train1).relu_()
             g_r1, g_w1 = _conv_backward(layer.conv1, g, r1, w1, dt, True)
             g_y1 = aten.threshold_backward(g_r1.float(), r1, 0)
             del r1, g_r1
-            g_x, g_g1, g_b1 = _bn_backward(layer.norm1, g_y1, x, g1, mean1, invstd1)
+            g_x, g_g1, g_b1 = _bn_backward(layer.norm1, g_y1, x, g1, mean1, invstd1, train1)
             del x, g_y1
         g_feats = _split(g_x, feats, ctx.feat_dtypes, ctx.needs_input_grad[2:2 + n])
         return (None, None, *g_feats, g_g1, g_b1, g_w1, *grads_params)
@@ -164,14 +188,14 @@ class _EfficientTransition(torch.autograd.Function):
         p = trans.drop.p if hasattr(trans, "drop") and trans.training else 0.0
         with torch.autocast(feats[0].device.type, enabled=False):
             x = torch.cat([f.float() for f in feats], 1)
-            y, mean, invstd = _bn_forward(trans.norm, x, g, b)
+            y, mean, invstd, bn_training = _bn_forward(trans.norm, x, g, b)
             del x
             out = _conv_forward(trans.conv, y.relu_(), w, dt)
             del y
             mask = _dropout_mask(out, p)
             ctx.conv_shape = out.shape
             out = trans.pool(_apply_mask(out, mask, p))
-        ctx.trans, ctx.n, ctx.p, ctx.dt, ctx.mask = trans, n, p, dt, mask
+        ctx.trans, ctx.n, ctx.p, ctx.dt, ctx.mask, ctx.bn_training = trans, n, p, dt, mask, bn_training
         ctx.feat_dtypes = [f.dtype for f in feats]
         ctx.save_for_backward(*feats, mean, invstd, g, b, w)
         return out
@@ -189,12 +213,12 @@ class _EfficientTransition(torch.autograd.Function):
             del shape_only
             g_c = _apply_mask(g_c, ctx.mask, p)
             x = torch.cat([f.float() for f in feats], 1)
-            r = _bn_recompute(trans.norm, x, g, b, mean, invstd).relu_()
+            r = _bn_recompute(trans.norm, x, g, b, mean, invstd, ctx.bn_training).relu_()
             g_r, g_w = _conv_backward(trans.conv, g_c, r, w, dt, True)
             del g_c
             g_y = aten.threshold_backward(g_r.float(), r, 0)
             del r, g_r
-            g_x, g_g, g_b = _bn_backward(trans.norm, g_y, x, g, mean, invstd)
+            g_x, g_g, g_b = _bn_backward(trans.norm, g_y, x, g, mean, invstd, ctx.bn_training)
         return (None, None, *_split(g_x, feats, ctx.feat_dtypes, ctx.needs_input_grad[2:2 + n]), g_g, g_b, g_w)
 
 

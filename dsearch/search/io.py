@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import yaml
 from pydantic import ValidationError
@@ -31,8 +31,20 @@ class SpaceError(UserError, ValueError):
     """A search-space file that breaks a rule: `file: key: rule`, one line."""
 
 
+_YAML11_ONLY = ("tag:yaml.org,2002:bool", "tag:yaml.org,2002:int", "tag:yaml.org,2002:float",
+                "tag:yaml.org,2002:timestamp", "tag:yaml.org,2002:value")
+
+
 class _Loader(yaml.SafeLoader):
-    """Safe YAML with YAML 1.2 floats (`1e-4`, `2.0e6` are numbers) and duplicate keys refused."""
+    """Safe YAML with YAML 1.2's core schema and duplicate keys refused.
+
+    YAML 1.2, not PyYAML's 1.1: `1e-4` and `2.0e6` are numbers, only true/false are booleans
+    (`off`, `yes`, `no` are strings), `010` is ten, dates stay strings. Space files and `--set` values
+    (cli/app.py) are read with it.
+    """
+
+    yaml_implicit_resolvers = {first: [(tag, rx) for tag, rx in resolvers if tag not in _YAML11_ONLY]
+                               for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()}
 
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
         seen: set = set()
@@ -44,11 +56,24 @@ class _Loader(yaml.SafeLoader):
             seen.add(key)
         return super().construct_mapping(node, deep=deep)
 
+    def construct_yaml12_int(self, node: yaml.ScalarNode) -> int:
+        text = str(self.construct_scalar(node)).replace("_", "")
+        if text.startswith(("0o", "0x")):
+            return int(text[2:], 8 if text[1] == "o" else 16)
+        return int(text, 10)
 
+
+_Loader.add_implicit_resolver("tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"),
+                              list("tTfF"))
+_Loader.add_implicit_resolver("tag:yaml.org,2002:int",
+                              re.compile(r"^(?:[-+]?[0-9][0-9_]*|0o[0-7]+|0x[0-9a-fA-F]+)$"),
+                              list("-+0123456789"))
 _Loader.add_implicit_resolver(
     "tag:yaml.org,2002:float",
-    re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)(?:[eE][-+]?[0-9]+)?$"),
+    re.compile(r"^(?:[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)(?:[eE][-+]?[0-9]+)?"
+               r"|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$"),
     list("-+0123456789."))
+_Loader.add_constructor("tag:yaml.org,2002:int", _Loader.construct_yaml12_int)
 
 
 class _Dumper(yaml.SafeDumper):
@@ -166,17 +191,49 @@ def check_same_space(space: SearchSpace, stored: Path) -> None:
                         "use the same space, or a new --study-dir")
 
 
-def read_stored_space(study_dir: Path) -> SearchSpace | None:
-    """The space.yaml beside a study (None if absent; unreadable → a warning on stderr and None).
+def read_stored_space(study_dir: Path | None, url: str | None = None, name: str | None = None) -> SearchSpace | None:
+    """The space a study was started with: the space.yaml beside it, else the copy stored in the study itself.
 
-    The cross-section rules are not run again: the copy was checked when the study started.
+    The local STUDY_DIR/space.yaml counts if it is study `name`'s (or no name is given); else, given the
+    storage `url` and the study `name`, the resolved YAML that `dsearch run` stored in the study when it
+    created it (record.SPACE_ATTR), so a study in a shared database is readable without its folder. None if
+    neither is there; an unreadable copy → a warning on stderr and None. The cross-section rules are not run
+    again: the copy was checked when the study started.
     """
-    path = Path(study_dir) / SPACE_FILE
-    if not path.is_file():
+    from .record import stored_space_text
+
+    if study_dir is not None and (Path(study_dir) / SPACE_FILE).is_file():
+        local = _read_space_copy(lambda: load_space(Path(study_dir) / SPACE_FILE, rules=False))
+        if local is not None and (name is None or local.name == name):
+            return local
+    if url is None or name is None:
         return None
+    text = stored_space_text(url, name)
+    if text is None:
+        return None
+    from .record import display_url
+
+    return _read_space_copy(lambda: parse_space(text, f"the space stored in study {name!r} ({display_url(url)})",
+                                                rules=False))
+
+
+def _read_space_copy(read: Callable[[], SearchSpace]) -> SearchSpace | None:
     try:
-        return load_space(path, rules=False)
+        return read()
     except UserError as e:
         print(f"dsearch: warning: {e}; going on without it (no paper points, default reference)",
               file=sys.stderr)
         return None
+
+
+def open_study_with_space(study_dir: Path | None, storage: str | None = None,
+                          name: str | None = None) -> tuple[Any, SearchSpace | None]:
+    """The optuna.Study to read (record.open_study: by --study, the local space's name, or the only one in
+    the database) and the space it was started with (read_stored_space)."""
+    from .record import open_study, storage_url
+
+    local = read_stored_space(study_dir) if study_dir is not None else None
+    study = open_study(study_dir, storage, local, name)
+    if local is not None and local.name == study.study_name:
+        return study, local
+    return study, read_stored_space(None, storage_url(study_dir, storage), study.study_name)

@@ -32,13 +32,109 @@ SEED = "seed"
 CHECKPOINT = "checkpoint"
 FAIL_REASON = "fail_reason"
 ERROR = "error"
+ERROR_KIND = "error_kind"          # of a FAIL(error): diverged, out_of_memory, exception, worker_died
+TRACEBACK = "traceback"            # of a FAIL(error): the file holding its full traceback
 REQUEUED_FROM = "requeued_from"
 FAIL_REASONS = ("invalid", "over_budget", "error", "interrupted")
 
 
-def storage_url(study_dir: Path, storage: str | None = None) -> str:
+SPACE_ATTR = "dsearch:space"       # study system attr: the resolved space YAML the study was created with
+STORAGE_FORMS = ("sqlite:///PATH, postgresql://USER@HOST:PORT/DB (pip install 'dsearch[postgres]'), "
+                 "mysql+pymysql://USER@HOST:PORT/DB (pip install pymysql)")
+
+
+def storage_url(study_dir: Path | None, storage: str | None = None) -> str:
     """The given RDB URL, or SQLite in the study directory."""
-    return storage or f"sqlite:///{(Path(study_dir) / STUDY_DB).resolve()}"
+    if storage:
+        return storage
+    if study_dir is None:
+        raise UserError("no study given: pass a study directory (e.g. studies/c10), or --storage URL --study NAME")
+    return f"sqlite:///{(Path(study_dir) / STUDY_DB).resolve()}"
+
+
+def display_url(url: str) -> str:
+    """A storage URL as shown in messages: the password, if any, as ***."""
+    try:
+        from sqlalchemy.engine import make_url
+
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:
+        return url
+
+
+def check_storage(url: str) -> None:
+    """UserError (one line) unless `url` is a database URL that SQLAlchemy knows and whose driver is installed.
+
+    Checks only the URL and the driver import; nothing connects (open_storage does).
+    """
+    import sqlalchemy.exc
+    from sqlalchemy.engine import make_url
+
+    try:
+        parsed = make_url(url)
+    except (sqlalchemy.exc.ArgumentError, ValueError):
+        raise UserError(f"--storage {url!r}: not a database URL; use {STORAGE_FORMS}") from None
+    shown = display_url(url)
+    try:
+        dialect = parsed.get_dialect()
+    except sqlalchemy.exc.NoSuchModuleError:
+        raise UserError(f"--storage {shown}: unknown database {parsed.drivername!r}; "
+                        f"use {STORAGE_FORMS}") from None
+    try:
+        (getattr(dialect, "import_dbapi", None) or dialect.dbapi)()
+    except ImportError as e:
+        module = (e.name or parsed.get_driver_name()).split(".")[0]
+        fix = _DRIVER_PACKAGES.get(module, f"pip install the Python driver {module!r} for {parsed.drivername}")
+        raise UserError(f"--storage {shown}: its {parsed.get_backend_name()} driver ({module}) is not installed; "
+                        f"{fix}") from None
+
+
+# What to install for a driver SQLAlchemy couldn't import (postgresql:// is psycopg 3 from SQLAlchemy 2.1 on).
+_DRIVER_PACKAGES = {
+    "psycopg": "pip install 'dsearch[postgres]' (psycopg[binary])",
+    "psycopg2": "pip install psycopg2-binary, or use postgresql://... with pip install 'dsearch[postgres]'",
+    "MySQLdb": "pip install pymysql and use mysql+pymysql://USER@HOST:PORT/DB",
+    "pymysql": "pip install pymysql",
+}
+
+
+def open_storage(url: str) -> "optuna.storages.RDBStorage":
+    """The Optuna RDB storage at `url` (tables created if new); UserError (one line) for a bad URL, a missing
+    driver, or a database that can't be reached."""
+    import optuna
+    import sqlalchemy.exc
+
+    check_storage(url)
+    try:
+        return optuna.storages.RDBStorage(url)
+    except sqlalchemy.exc.SQLAlchemyError as e:
+        cause = str(getattr(e, "orig", None) or e).strip().splitlines()
+        raise UserError(f"{display_url(url)}: can't open the database ({cause[0] if cause else type(e).__name__}); "
+                        "check the URL, that the server runs and that the role may create tables") from None
+
+
+def pick_study(url: str, names: list[str], name: str | None) -> str:
+    """`name` if the storage holds it, else the only study there; UserError listing the studies otherwise."""
+    from ..errors import did_you_mean
+
+    shown = display_url(url)
+    if name is not None:
+        if name in names:
+            return name
+        there = f"studies: {', '.join(names)}" if names else "it holds none"
+        raise UserError(f"--study {name}: no such study in {shown}; {there}{did_you_mean(name, names)}")
+    if len(names) == 1:
+        return names[0]
+    if not names:
+        raise UserError(f"{shown} holds no study (was `dsearch run` interrupted before its first trial?)")
+    raise UserError(f"{shown} holds {len(names)} studies; use --study NAME; studies: {', '.join(names)}")
+
+
+def stored_space_text(url: str, name: str) -> str | None:
+    """The resolved space YAML stored in study `name` when it was created (None for studies made without it)."""
+    storage = open_storage(url)
+    text = storage.get_study_system_attrs(storage.get_study_id_from_name(name)).get(SPACE_ATTR)
+    return text if isinstance(text, str) else None
 
 
 def make_sampler(kind: str, seed: int | None) -> "optuna.samplers.BaseSampler":
@@ -63,29 +159,56 @@ def _quiet_optuna() -> None:
 
 
 def create_or_load(space: "SearchSpace", study_dir: Path, storage: str | None = None) -> "optuna.Study":
-    """The space's study (created with its directions, metric names and seed trials if new)."""
+    """The space's study (created with its directions, metric names, seed trials and the resolved space if new).
+
+    A database given with `storage` may hold any other studies: the one named in the space is created or
+    continued (continuing is refused if the space stored in it differs beyond what may change). SQLite in the
+    study directory (no `storage`) holds one study: a study.db holding another name is refused.
+    """
     import optuna
 
     from .sampling import seed_params
 
     _quiet_optuna()
     url = storage_url(study_dir, storage)
+    existed = _db_exists(url)
+    rdb = open_storage(url)
     sampler = make_sampler(space.sampler.type, space.sampler.seed)
-    names = optuna.get_all_study_names(url) if _db_exists(url) else []
-    if names and space.name not in names:
+    names = optuna.get_all_study_names(rdb) if existed else []
+    if storage is None and names and space.name not in names:
         raise UserError(f"{url} holds study {names[0]!r}, not {space.name!r}; "
                         "use another --study-dir or --storage")
-    study = optuna.create_study(study_name=space.name, storage=url, directions=space.directions,
+    if space.name in names:
+        _check_stored_space(space, url, rdb)
+    study = optuna.create_study(study_name=space.name, storage=rdb, directions=space.directions,
                                 sampler=sampler, load_if_exists=True)
-    if not names:
+    if space.name not in names:
         import warnings
+
+        from .io import dump_space
 
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             study.set_metric_names(space.metrics)
+        rdb.set_study_system_attr(rdb.get_study_id_from_name(space.name), SPACE_ATTR, dump_space(space))
         for params in seed_params(space):
             study.enqueue_trial(params, skip_if_exists=True)
     return study
+
+
+def _check_stored_space(space: "SearchSpace", url: str, rdb: "optuna.storages.RDBStorage") -> None:
+    """Refuse to continue a study whose stored space differs in what is searched or how it's judged."""
+    from .io import MAY_CHANGE, diff_spaces, parse_space
+
+    text = rdb.get_study_system_attrs(rdb.get_study_id_from_name(space.name)).get(SPACE_ATTR)
+    if not isinstance(text, str):
+        return      # a study made before the space was stored in it: the local space.yaml is the check
+    where = f"study {space.name!r} in {display_url(url)}"
+    diffs = [d for d in diff_spaces(parse_space(text, where, rules=False), space) if not d.startswith(MAY_CHANGE)]
+    if diffs:
+        more = f" (and {len(diffs) - 1} more)" if len(diffs) > 1 else ""
+        raise UserError(f"{where} was started with a different space: {diffs[0]}{more}; use the same space, "
+                        "or another `name:` for a new study")
 
 
 def _db_exists(url: str) -> bool:
@@ -94,49 +217,60 @@ def _db_exists(url: str) -> bool:
     return True
 
 
-def open_study(study_dir: Path, storage: str | None = None, space: "SearchSpace | None" = None) -> "optuna.Study":
-    """The study of a study directory (SQLite inside it, or `storage`), for reading; UserError if it isn't there.
+def open_study(study_dir: Path | None, storage: str | None = None, space: "SearchSpace | None" = None,
+               name: str | None = None) -> "optuna.Study":
+    """A study for reading: from a study directory (SQLite inside it) and/or `storage`; UserError if it isn't there.
 
-    With `storage` (an RDB may hold several studies) the space's name picks the study; else the first.
+    The study is `name` (--study) if given; else the name in the local `space` (with `storage` it must be
+    there; in the study directory's SQLite, if it is there); else the only study in the database; several →
+    UserError listing them. `study_dir` may be None with `storage` (no local folder needed).
     """
     import optuna
 
     _quiet_optuna()
-    study_dir = Path(study_dir)
-    if not study_dir.is_dir():
-        what = "is not a directory" if study_dir.exists() else "does not exist"
-        raise UserError(f"study directory {study_dir} {what} (`dsearch run SPACE.yaml` creates "
-                        "studies/NAME; check the path)")
+    if study_dir is not None:
+        study_dir = Path(study_dir)
+        if not study_dir.is_dir():
+            what = "is not a directory" if study_dir.exists() else "does not exist"
+            raise UserError(f"study directory {study_dir} {what} (`dsearch run SPACE.yaml` creates "
+                            "studies/NAME; check the path)")
     url = storage_url(study_dir, storage)
-    if not _db_exists(url):
+    if storage is None and not _db_exists(url):
         raise UserError(f"no study at {study_dir}: expected {study_dir / STUDY_DB} "
                         "(run `dsearch run SPACE.yaml` first, or pass --storage URL)")
-    names = optuna.get_all_study_names(url)
-    if not names:
-        raise UserError(f"{url} holds no study (was `dsearch run` interrupted before its first trial?)")
-    name = space.name if space is not None and storage else names[0]
-    if name not in names:
-        raise UserError(f"{url} has no study {name!r} (it has: {', '.join(names)})")
-    return optuna.load_study(study_name=name, storage=url)
+    rdb = open_storage(url)
+    names = optuna.get_all_study_names(rdb)
+    if name is None and space is not None and (storage or space.name in names):
+        if space.name not in names:
+            raise UserError(f"{display_url(url)} has no study {space.name!r} (the name in {study_dir}'s space); "
+                            f"use --study NAME; studies: {', '.join(names) or 'none'}")
+        name = space.name
+    return optuna.load_study(study_name=pick_study(url, names, name), storage=rdb)
 
 
 def study_id(url: str, name: str) -> int:
     """The id of study `name` in the storage at `url` (optuna-dashboard's URLs use it)."""
-    import optuna
-
-    return optuna.storages.get_storage(url).get_study_id_from_name(name)
+    return open_storage(url).get_study_id_from_name(name)
 
 
 def tell_finished(study: "optuna.Study", trial: "optuna.Trial", metrics: dict[str, float],
                   epochs_trained: int, max_epochs: int, attrs: dict[str, Any]) -> str:
-    """COMPLETE with values if trained to max_epochs, else PRUNED with its last values as attrs."""
+    """COMPLETE with values if trained to max_epochs, else PRUNED with its last values as attrs.
+
+    A full-budget trial whose values are not finite is FAIL(error, diverged): it has no place on a front.
+    """
     from optuna.trial import TrialState
 
     attrs = {**attrs, EPOCHS_TRAINED: epochs_trained, MAX_EPOCHS: max_epochs,
              **{f"last_{k}": v for k, v in metrics.items()}}
-    set_attrs(trial, attrs)
     values = [metrics[m] for m in study.metric_names]
-    if epochs_trained >= max_epochs and all(math.isfinite(v) for v in values):
+    if epochs_trained >= max_epochs and not all(math.isfinite(v) for v in values):
+        bad = ", ".join(f"{m} {v}" for m, v in zip(study.metric_names, values) if not math.isfinite(v))
+        tell_failed(study, trial, "error", f"diverged: the full-budget trial ended with {bad}",
+                    {**attrs, ERROR_KIND: "diverged"})
+        return "FAIL"
+    set_attrs(trial, attrs)
+    if epochs_trained >= max_epochs:
         study.tell(trial, values, state=TrialState.COMPLETE)
         return "COMPLETE"
     study.tell(trial, state=TrialState.PRUNED)

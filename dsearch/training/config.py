@@ -139,12 +139,17 @@ class RunConfig(StrictModel):
 
     @model_validator(mode="after")
     def _defaults(self) -> "RunConfig":
+        # A copy: the TrainConfig given may be reused for another dataset, whose defaults differ.
+        # An explicit `lr_milestones: []` is a constant lr, kept as it is; only None takes the paper's.
         info = self.data.info
         t = self.train
-        if t.epochs is None:
-            object.__setattr__(t, "epochs", info.epochs)
-        if t.batch_size is None:
-            object.__setattr__(t, "batch_size", info.batch_size)
-        if t.lr_milestones is None:
-            object.__setattr__(t, "lr_milestones", info.milestones)
+        fill = {name: value for name, value, unset in (
+            ("epochs", info.epochs, t.epochs is None),
+            ("batch_size", info.batch_size, t.batch_size is None),
+            ("lr_milestones", info.milestones, t.lr_milestones is None)) if unset}
+        if fill:
+            resolved = t.model_copy()
+            for name, value in fill.items():
+                object.__setattr__(resolved, name, value)   # not model_copy(update=): fields_set unchanged
+            object.__setattr__(self, "train", resolved)
         return self

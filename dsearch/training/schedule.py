@@ -15,5 +15,7 @@ def lr_at(epoch: float, epochs: int, *, lr: float = 0.1, milestones: Sequence[fl
 
 
 def schedule_lr(epoch: float, t: TrainConfig) -> float:
-    """lr_at with a resolved TrainConfig's lr, milestones and gamma."""
-    return lr_at(epoch, t.epochs, lr=t.lr, milestones=t.lr_milestones or (0.5, 0.75), gamma=t.lr_gamma)
+    """lr_at with a resolved TrainConfig's lr, milestones and gamma; milestones None (unresolved) are the
+    paper's (0.5, 0.75), and an empty list is a constant lr."""
+    milestones = (0.5, 0.75) if t.lr_milestones is None else t.lr_milestones
+    return lr_at(epoch, t.epochs, lr=t.lr, milestones=milestones, gamma=t.lr_gamma)

@@ -1,0 +1,276 @@
+"""`--storage postgresql://...` against a real, throwaway PostgreSQL server (conftest.postgres_server).
+
+A shared database holds many studies: `dsearch run` creates or continues the one named in its space whatever
+else is there, `pareto` / `export` / `dashboard` take `--storage URL --study NAME` and need no local study
+folder (the space comes from the copy stored in the study), and a missing name among several lists them. The
+errors of a bad URL or a missing driver are one line, and need no server.
+"""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+from types import SimpleNamespace
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+import dsearch
+from dsearch.cli import main
+from dsearch.search import record as st
+from dsearch.search.io import parse_space
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+# As tests/test_search.py's tiny space, smaller still (2 epochs), with a hypervolume reference of its own so
+# that `dsearch pareto` shows whether it read the space stored in the study.
+TINY = """
+name: NAME
+data: {name: synthetic, augment: true, val_size: 100, synthetic_size: 400, synthetic_image_size: 8}
+objectives:
+  - {metric: val_acc, direction: maximize, reference: 0.01}
+  - {metric: params, direction: minimize, reference: 50000}
+  - {metric: macs, direction: minimize, reference: 5.0e7}
+budget: {max_epochs: EPOCHS, num_samples: NUM, grace_period: GRACE, reduction_factor: 2, max_concurrent_trials: 1}
+resources: {cpu: 1, gpu: 0}
+sampler: {type: random, seed: 3}
+fixed: {model.variant: densenet-bc, train.batch_size: 32}
+params:
+  model.depth: {type: int, low: 10, high: 16, step: 6}
+  model.growth_rate: {type: int, low: 2, high: 8}
+  train.lr: {type: categorical, choices: [0.1, 0.0001]}
+seed_trials: [{model.depth: 10, model.growth_rate: 6, train.lr: 0.1}]
+"""
+
+
+def write_space(where: Path, name: str, num: int, epochs: int = 2, grace: int = 1) -> Path:
+    path = where / f"{name}.yaml"
+    path.write_text(TINY.replace("NAME", name).replace("NUM", str(num)).replace("EPOCHS", str(epochs))
+                    .replace("GRACE", str(grace)))
+    return path
+
+
+def dsearch_cli(*args, **kw) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "dsearch.cli", *map(str, args)], capture_output=True,
+                          text=True, timeout=kw.pop("timeout", 300), **kw)
+
+
+def add_other_study(url: str, name: str = "other") -> None:
+    """Somebody else's study in the same database."""
+    optuna.create_study(study_name=name, storage=url, directions=["maximize"])
+
+
+def one_line_error(code: int, err: str, *texts: str) -> None:
+    assert code == 2, err
+    assert err.startswith("dsearch: error: ") and err.count("\n") == 1, err
+    assert "Traceback" not in err
+    for text in texts:
+        assert text in err, err
+
+
+# --- a search in a shared database --------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def searched(postgres_server, tmp_path_factory):
+    """`dsearch run --storage URL` of a 3-trial space into a database that already holds study `other`."""
+    url = postgres_server.new_database("search")
+    add_other_study(url)
+    work = tmp_path_factory.mktemp("pg_run")
+    space = write_space(work, "tiny", num=3)
+    t0 = time.monotonic()
+    proc = dsearch_cli("run", space, "--storage", url, "--study-dir", work / "study", "--quiet")
+    assert proc.returncode == 0, proc.stderr
+    return SimpleNamespace(url=url, space=space, study_dir=work / "study", seconds=time.monotonic() - t0)
+
+
+@pytest.mark.slow
+def test_run_creates_its_study_beside_the_others_and_stores_its_space(searched):
+    assert optuna.get_all_study_names(searched.url) == ["other", "tiny"]
+    study = optuna.load_study(study_name="tiny", storage=searched.url)
+    assert study.metric_names == ["val_acc", "params", "macs"]
+    assert st.counted_trials(study) == 3
+    first = study.trials[0]
+    assert first.state == TrialState.COMPLETE and first.params == {"model.depth": 10, "model.growth_rate": 6,
+                                                                   "train.lr": 0.1}
+    assert first.user_attrs["epochs_trained"] == 2 and len(first.user_attrs["curve"]) == 2
+    assert {t.state for t in study.trials} <= {TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL}
+    assert optuna.load_study(study_name="other", storage=searched.url).trials == []
+    # The local folder holds the space, Ray's folders and the lock; the study itself is in the database.
+    assert (searched.study_dir / "space.yaml").is_file() and not (searched.study_dir / "study.db").exists()
+    stored = parse_space(st.stored_space_text(searched.url, "tiny"), rules=False)
+    assert stored.name == "tiny" and stored.objectives[0].reference == 0.01
+
+
+@pytest.mark.slow
+def test_continuing_with_another_space_is_refused_from_the_copy_in_the_database(searched, tmp_path):
+    changed = parse_space(searched.space.read_text().replace("max_epochs: 2", "max_epochs: 3"))
+    with pytest.raises(dsearch.UserError, match=r"study 'tiny' in postgresql://.* was started with a different "
+                                                r"space: budget\.max_epochs: 2 → 3"):
+        st.create_or_load(changed, tmp_path / "elsewhere", searched.url)   # no local space.yaml to compare
+    assert st.counted_trials(optuna.load_study(study_name="tiny", storage=searched.url)) == 3
+
+
+@pytest.mark.slow
+def test_pareto_from_another_directory_needs_no_study_folder(searched, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert main(["pareto", "--storage", searched.url, "--study", "tiny"]) == 0
+    out = capsys.readouterr().out
+    assert f"study tiny ({searched.url})" in out
+    # The space stored in the study gives the reference point (there is no space.yaml here).
+    assert "reference point (val_acc=0.01, params=50000, macs=50000000) [from space.yaml]" in out, out
+    assert "dashboard: " in out and f"--storage {searched.url} --study tiny" in out
+    assert out.endswith("HTML: studies/tiny/pareto.html\nCSV: studies/tiny/pareto.csv\n")
+    rows = (tmp_path / "studies" / "tiny" / "pareto.csv").read_text().splitlines()
+    assert rows[0].startswith("trial,state,val_acc,params,macs") and len(rows) >= 2
+    assert sorted(p.name for p in (tmp_path / "studies" / "tiny").iterdir()) == ["pareto.csv", "pareto.html"]
+
+
+@pytest.mark.slow
+def test_export_needs_no_study_folder(searched, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert main(["export", "--storage", searched.url, "--study", "tiny", "--trial", "0", "--out", "best"]) == 0
+    assert "exported trial 0 of tiny (COMPLETE, 2 of 2 epochs)" in capsys.readouterr().out
+    assert sum(p.numel() for p in dsearch.load_model(tmp_path / "best").parameters()) > 0
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("command", [["pareto"], ["export", "--trial", "0", "--out", "x"], ["dashboard"]])
+def test_several_studies_and_no_name_list_them(searched, tmp_path, monkeypatch, capsys, command):
+    monkeypatch.chdir(tmp_path)
+    code = main([*command, "--storage", searched.url])
+    one_line_error(code, capsys.readouterr().err, f"{searched.url} holds 2 studies; use --study NAME; "
+                                                  "studies: other, tiny")
+    code = main([*command, "--storage", searched.url, "--study", "tiyn"])
+    one_line_error(code, capsys.readouterr().err, f"--study tiyn: no such study in {searched.url}; "
+                                                  "studies: other, tiny; did you mean tiny?")
+    assert list(tmp_path.iterdir()) == []
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_dashboard_serves_the_database_without_a_study_folder(searched, tmp_path):
+    port = _free_port()
+    log = tmp_path / "dashboard.log"
+    with open(log, "w") as sink:
+        proc = subprocess.Popen([sys.executable, "-m", "dsearch.cli", "dashboard", "--storage", searched.url,
+                                 "--study", "tiny", "--port", str(port)], stdout=sink, stderr=subprocess.STDOUT,
+                                cwd=tmp_path)
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/studies", timeout=2) as r:
+                    studies = json.load(r)["study_summaries"]
+                break
+            except OSError:
+                assert time.monotonic() < deadline, f"no answer (exit {proc.poll()}): {log.read_text()}"
+                time.sleep(0.2)
+        ids = {s["study_name"]: s["study_id"] for s in studies}
+        assert set(ids) == {"other", "tiny"}
+        assert f"/dashboard/studies/{ids['tiny']} " in log.read_text()
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+# --- kill and resume ---------------------------------------------------------------------------------------
+
+def _wait_for(predicate, timeout):
+    end = time.time() + timeout
+    while time.time() < end:
+        if predicate():
+            return True
+        time.sleep(0.5)
+    return False
+
+
+@pytest.mark.slow
+def test_killed_driver_resumes_on_postgres_with_interrupted_trials_requeued(postgres_server, tmp_path):
+    url = postgres_server.new_database("resume")
+    add_other_study(url)
+    space = write_space(tmp_path, "resume", num=2, epochs=12, grace=12)
+    study_dir = tmp_path / "study"
+    # The killed driver's lease on the study (search/lock.StudyLease) expires after this many seconds.
+    env = {**os.environ, "DSEARCH_LEASE_TIMEOUT_S": "3"}
+    proc = subprocess.Popen([sys.executable, "-m", "dsearch.cli", "run", str(space), "--storage", url,
+                             "--study-dir", str(study_dir), "--quiet"], env=env, start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+    def running_with_progress():
+        try:
+            trials = optuna.load_study(study_name="resume", storage=url).get_trials()
+        except Exception:
+            return False
+        return any(t.state == TrialState.RUNNING and t.user_attrs.get("epochs_trained", 0) >= 1 for t in trials)
+
+    try:
+        assert _wait_for(running_with_progress, 120), "no trial got going"
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)     # the driver and everything it started
+        proc.wait()
+    study = optuna.load_study(study_name="resume", storage=url)
+    interrupted = [t for t in study.trials if t.state == TrialState.RUNNING]
+    assert len(interrupted) == 1
+    time.sleep(3.5)                             # the dead driver's lease runs out
+
+    again = dsearch_cli("run", space, "--storage", url, "--study-dir", study_dir, "--quiet", env=env)
+    assert again.returncode == 0, again.stderr
+    study = optuna.load_study(study_name="resume", storage=url)
+    first = study.trials[interrupted[0].number]
+    assert first.state == TrialState.FAIL and first.user_attrs["fail_reason"] == "interrupted"
+    requeued = [t for t in study.trials if t.user_attrs.get("requeued_from") == first.number]
+    assert len(requeued) == 1 and requeued[0].params == first.params
+    assert requeued[0].state == TrialState.COMPLETE
+    assert st.counted_trials(study) == 2
+    assert sum(t.state == TrialState.COMPLETE for t in study.trials) == 2
+    assert optuna.get_all_study_names(url) == ["other", "resume"]
+
+
+# --- URLs and drivers: one line, exit 2, no server needed ------------------------------------------------
+
+FORMS = ("sqlite:///PATH", "postgresql://USER@HOST:PORT/DB", "mysql+pymysql://")
+
+
+@pytest.mark.parametrize("url, texts", [
+    ("foo://host/db", ["--storage foo://host/db: unknown database 'foo'", *FORMS]),
+    ("studies/c10/study.db", ["--storage 'studies/c10/study.db': not a database URL", *FORMS]),
+    ("mysql://u@127.0.0.1/db", ["driver (MySQLdb) is not installed", "pip install pymysql"]),
+])
+def test_bad_storage_urls_are_one_line_errors(tmp_path, url, texts):
+    space = write_space(tmp_path, "tiny", num=1)
+    for args in (["run", space, "--study-dir", tmp_path / "s", "--quiet"], ["pareto"]):
+        proc = dsearch_cli(*args, "--storage", url, timeout=120)
+        one_line_error(proc.returncode, proc.stderr, *texts)
+    assert not (tmp_path / "s").exists()
+
+
+def test_a_missing_postgresql_driver_is_a_one_line_error(tmp_path):
+    # As if dsearch[postgres] weren't installed: the driver module can't be imported.
+    hide = "import sys; sys.modules['psycopg'] = None; from dsearch.cli import main; sys.exit(main(sys.argv[1:]))"
+    space = write_space(tmp_path, "tiny", num=1)
+    for args in (["run", space, "--study-dir", tmp_path / "s"], ["pareto", "--study", "tiny"]):
+        proc = subprocess.run([sys.executable, "-c", hide, *map(str, args), "--storage",
+                               "postgresql://dsearch:secret@127.0.0.1:5432/db"], capture_output=True, text=True,
+                              timeout=120)
+        one_line_error(proc.returncode, proc.stderr, "--storage postgresql://dsearch:***@127.0.0.1:5432/db: "
+                       "its postgresql driver (psycopg) is not installed; pip install 'dsearch[postgres]'")
+        assert "secret" not in proc.stderr
+    assert not (tmp_path / "s").exists()
+
+
+def test_an_unreachable_server_and_no_study_at_all_are_one_line_errors(capsys):
+    url = f"postgresql://dsearch@127.0.0.1:{_free_port()}/db"     # nothing listens there
+    one_line_error(main(["pareto", "--storage", url]), capsys.readouterr().err,
+                   f"{url}: can't open the database (", "Connection refused")
+    one_line_error(main(["pareto"]), capsys.readouterr().err, "no study given", "--storage URL --study NAME")
