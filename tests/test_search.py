@@ -329,7 +329,7 @@ def test_two_drivers_started_together_exactly_one_runs_ten_times_over(tmp_path):
             end = time.time() + 60
             while time.time() < end and all(p.poll() is None for p in procs):
                 time.sleep(0.1)
-            time.sleep(2)       # the winner keeps running; a second loser would have exited by now
+            time.sleep(1)       # the winner keeps running; a second loser would have exited by now
             exited = [p for p in procs if p.poll() is not None]
             assert len(exited) == 1, f"round {round_}: {len(exited)} drivers exited"
             loser = exited[0]

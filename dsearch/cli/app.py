@@ -145,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("dsearch: error: interrupted", file=sys.stderr)
         return 130
-    except RunInterrupted as e:       # a command that stopped on a signal (cli/run.py says so itself)
+    except RunInterrupted as e:       # `dsearch run` stopped on a signal, its study in order
         print(f"dsearch: interrupted by {e}", file=sys.stderr)
         return e.exit_code
     except typer.Abort as e:          # raised by a command (e.g. a declined prompt), not by Ctrl-C

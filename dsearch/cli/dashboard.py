@@ -9,7 +9,8 @@ import typer
 
 from ..errors import UserError
 from ..search.io import read_stored_space
-from ..search.record import open_study, storage_url, study_id
+from ..search.record import open_study
+from ..search.storage import storage_url, study_id
 from .app import app
 from .pareto import STORAGE_HELP, STUDY_DIR_HELP, STUDY_HELP
 

@@ -22,7 +22,7 @@ from ..analysis.report import (CSV_FILE, HTML_FILE, Report, build_report, csv_te
                                write_files)
 from ..search.io import open_study_with_space
 from ..search.lock import StudyLease, StudyLock
-from ..search.record import display_url, storage_url
+from ..search.storage import display_url, storage_url
 from .app import app
 
 STUDY_DIR_HELP = "study directory, e.g. studies/c10 (optional with --storage)"

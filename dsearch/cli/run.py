@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import signal
-import sys
 import time
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
@@ -13,6 +12,7 @@ import typer
 
 from ..errors import RunInterrupted, UserError
 from ..search import record as st
+from ..search.storage import STUDY_DB, check_storage, open_storage, storage_url
 from ..search.io import SPACE_FILE, check_same_space, dump_space, load_space
 from ..search.lock import LOCK_FILE, StudyLease, StudyLock
 from ..search.schema import SearchSpace
@@ -42,12 +42,12 @@ def run_command(space_path: Path, study_dir: Path | None, storage: str | None, r
     """
     space = with_overrides(load_space(space_path), cpus, gpus)
     if storage:
-        st.check_storage(storage)         # a bad URL or a missing driver: one line, before Ray starts
+        check_storage(storage)         # a bad URL or a missing driver: one line, before Ray starts
     study_dir = Path(study_dir or Path("studies") / space.name)
     stored = study_dir / SPACE_FILE
     if stored.exists():
         check_same_space(space, stored)
-    elif study_dir.exists() and (study_dir / st.STUDY_DB).exists():
+    elif study_dir.exists() and (study_dir / STUDY_DB).exists():
         raise UserError(f"{study_dir} holds a study but no {SPACE_FILE}; use a new --study-dir")
     return _run(space, space_path, study_dir, storage, ray_address, quiet)
 
@@ -62,14 +62,14 @@ def _run(space: SearchSpace, space_path: Path, study_dir: Path, storage: str | N
     created = not study_dir.exists()
     with StudyLock(study_dir), _undo_failed_start(study_dir, created):
         if storage:
-            _check_lease(st.storage_url(study_dir, storage), space.name)   # before the slow start of Ray
+            _check_lease(storage_url(study_dir, storage), space.name)   # before the slow start of Ray
         data = load_data(space.data)          # errors (missing files) before Ray or the study start
         runner.start_ray(ray_address)
         try:
             runner.check_resources(space.resources.cpu, space.resources.gpu)
             study = st.create_or_load(space, study_dir, storage)
             # A shared database can be reached from other hosts, which the file lock can't see.
-            with StudyLease(st.storage_url(study_dir, storage), space.name) if storage else nullcontext():
+            with StudyLease(storage_url(study_dir, storage), space.name) if storage else nullcontext():
                 if not (study_dir / SPACE_FILE).exists():
                     tmp = study_dir / (SPACE_FILE + ".tmp")
                     tmp.write_text(dump_space(space))
@@ -102,7 +102,7 @@ def _run(space: SearchSpace, space_path: Path, study_dir: Path, storage: str | N
 
 def _check_lease(url: str, name: str) -> None:
     """Refuse at once if a live driver, maybe on another host, runs the study in this database."""
-    if name in [s.study_name for s in st.open_storage(url).get_all_studies()]:
+    if name in [s.study_name for s in open_storage(url).get_all_studies()]:
         StudyLease(url, name).check()
 
 
@@ -144,9 +144,5 @@ def run(
     quiet: bool = typer.Option(False, "--quiet", help="no live table"),
 ) -> None:
     """Run (or continue) a search: Ray Tune + ASHA trials recorded in an Optuna study."""
-    try:
-        summary = run_command(space, study_dir, storage, ray_address, cpus_per_trial, gpus_per_trial, quiet)
-    except RunInterrupted as e:       # the study is in order: say how to continue, exit 128 + signal
-        print(f"dsearch: interrupted by {e}", file=sys.stderr)
-        raise typer.Exit(e.exit_code) from None
-    print_summary(summary)
+    # After SIGINT / SIGTERM run_command raises RunInterrupted: main says how to continue, exit 128 + signal.
+    print_summary(run_command(space, study_dir, storage, ray_address, cpus_per_trial, gpus_per_trial, quiet))

@@ -211,7 +211,7 @@ def read_stored_space(study_dir: Path | None, url: str | None = None, name: str 
     text = stored_space_text(url, name)
     if text is None:
         return None
-    from .record import display_url
+    from .storage import display_url
 
     return _read_space_copy(lambda: parse_space(text, f"the space stored in study {name!r} ({display_url(url)})",
                                                 rules=False))
@@ -230,7 +230,8 @@ def open_study_with_space(study_dir: Path | None, storage: str | None = None,
                           name: str | None = None) -> tuple[Any, SearchSpace | None]:
     """The optuna.Study to read (record.open_study: by --study, the local space's name, or the only one in
     the database) and the space it was started with (read_stored_space)."""
-    from .record import open_study, storage_url
+    from .record import open_study
+    from .storage import storage_url
 
     local = read_stored_space(study_dir) if study_dir is not None else None
     study = open_study(study_dir, storage, local, name)

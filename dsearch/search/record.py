@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import UserError
 from ..metrics import TRAIN_TIME_S, WALL_TIME_S
+from .storage import STUDY_DB, db_exists, display_url, open_storage, pick_study, storage_url
 
 if TYPE_CHECKING:
     import optuna
@@ -21,7 +22,6 @@ if TYPE_CHECKING:
 
     from .schema import SearchSpace
 
-STUDY_DB = "study.db"
 
 # User attribute keys, defined once.
 EPOCHS_TRAINED = "epochs_trained"
@@ -39,97 +39,6 @@ FAIL_REASONS = ("invalid", "over_budget", "error", "interrupted")
 
 
 SPACE_ATTR = "dsearch:space"       # study system attr: the resolved space YAML the study was created with
-STORAGE_FORMS = ("sqlite:///PATH, postgresql://USER@HOST:PORT/DB (pip install 'dsearch[postgres]'), "
-                 "mysql+pymysql://USER@HOST:PORT/DB (pip install pymysql)")
-
-
-def storage_url(study_dir: Path | None, storage: str | None = None) -> str:
-    """The given RDB URL, or SQLite in the study directory."""
-    if storage:
-        return storage
-    if study_dir is None:
-        raise UserError("no study given: pass a study directory (e.g. studies/c10), or --storage URL --study NAME")
-    return f"sqlite:///{(Path(study_dir) / STUDY_DB).resolve()}"
-
-
-def display_url(url: str) -> str:
-    """A storage URL as shown in messages: the password, if any, as ***."""
-    try:
-        from sqlalchemy.engine import make_url
-
-        return make_url(url).render_as_string(hide_password=True)
-    except Exception:
-        return url
-
-
-def check_storage(url: str) -> None:
-    """UserError (one line) unless `url` is a database URL that SQLAlchemy knows and whose driver is installed.
-
-    Checks only the URL and the driver import; nothing connects (open_storage does).
-    """
-    import sqlalchemy.exc
-    from sqlalchemy.engine import make_url
-
-    try:
-        parsed = make_url(url)
-    except (sqlalchemy.exc.ArgumentError, ValueError):
-        raise UserError(f"--storage {url!r}: not a database URL; use {STORAGE_FORMS}") from None
-    shown = display_url(url)
-    try:
-        dialect = parsed.get_dialect()
-    except sqlalchemy.exc.NoSuchModuleError:
-        raise UserError(f"--storage {shown}: unknown database {parsed.drivername!r}; "
-                        f"use {STORAGE_FORMS}") from None
-    try:
-        (getattr(dialect, "import_dbapi", None) or dialect.dbapi)()
-    except ImportError as e:
-        module = (e.name or parsed.get_driver_name()).split(".")[0]
-        fix = _DRIVER_PACKAGES.get(module, f"pip install the Python driver {module!r} for {parsed.drivername}")
-        raise UserError(f"--storage {shown}: its {parsed.get_backend_name()} driver ({module}) is not installed; "
-                        f"{fix}") from None
-
-
-# What to install for a driver SQLAlchemy couldn't import (postgresql:// is psycopg 3 from SQLAlchemy 2.1 on).
-_DRIVER_PACKAGES = {
-    "psycopg": "pip install 'dsearch[postgres]' (psycopg[binary])",
-    "psycopg2": "pip install psycopg2-binary, or use postgresql://... with pip install 'dsearch[postgres]'",
-    "MySQLdb": "pip install pymysql and use mysql+pymysql://USER@HOST:PORT/DB",
-    "pymysql": "pip install pymysql",
-}
-
-
-def open_storage(url: str) -> "optuna.storages.RDBStorage":
-    """The Optuna RDB storage at `url` (tables created if new); UserError (one line) for a bad URL, a missing
-    driver, or a database that can't be reached."""
-    import optuna
-    import sqlalchemy.exc
-
-    check_storage(url)
-    try:
-        return optuna.storages.RDBStorage(url)
-    except sqlalchemy.exc.SQLAlchemyError as e:
-        cause = str(getattr(e, "orig", None) or e).strip().splitlines()
-        raise UserError(f"{display_url(url)}: can't open the database ({cause[0] if cause else type(e).__name__}); "
-                        "check the URL, that the server runs and that the role may create tables") from None
-
-
-def pick_study(url: str, names: list[str], name: str | None) -> str:
-    """`name` if the storage holds it, else the only study there; UserError listing the studies otherwise."""
-    from ..errors import did_you_mean
-
-    shown = display_url(url)
-    if name is not None:
-        if name in names:
-            return name
-        there = f"studies: {', '.join(names)}" if names else "it holds none"
-        raise UserError(f"--study {name}: no such study in {shown}; {there}{did_you_mean(name, names)}")
-    if len(names) == 1:
-        return names[0]
-    if not names:
-        raise UserError(f"{shown} holds no study (was `dsearch run` interrupted before its first trial?)")
-    raise UserError(f"{shown} holds {len(names)} studies; use --study NAME; studies: {', '.join(names)}")
-
-
 def stored_space_text(url: str, name: str) -> str | None:
     """The resolved space YAML stored in study `name` when it was created (None for studies made without it)."""
     storage = open_storage(url)
@@ -171,7 +80,7 @@ def create_or_load(space: "SearchSpace", study_dir: Path, storage: str | None = 
 
     _quiet_optuna()
     url = storage_url(study_dir, storage)
-    existed = _db_exists(url)
+    existed = db_exists(url)
     rdb = open_storage(url)
     sampler = make_sampler(space.sampler.type, space.sampler.seed)
     names = optuna.get_all_study_names(rdb) if existed else []
@@ -211,12 +120,6 @@ def _check_stored_space(space: "SearchSpace", url: str, rdb: "optuna.storages.RD
                         "or another `name:` for a new study")
 
 
-def _db_exists(url: str) -> bool:
-    if url.startswith("sqlite:///"):
-        return Path(url[len("sqlite:///"):]).exists()
-    return True
-
-
 def open_study(study_dir: Path | None, storage: str | None = None, space: "SearchSpace | None" = None,
                name: str | None = None) -> "optuna.Study":
     """A study for reading: from a study directory (SQLite inside it) and/or `storage`; UserError if it isn't there.
@@ -235,7 +138,7 @@ def open_study(study_dir: Path | None, storage: str | None = None, space: "Searc
             raise UserError(f"study directory {study_dir} {what} (`dsearch run SPACE.yaml` creates "
                             "studies/NAME; check the path)")
     url = storage_url(study_dir, storage)
-    if storage is None and not _db_exists(url):
+    if storage is None and not db_exists(url):
         raise UserError(f"no study at {study_dir}: expected {study_dir / STUDY_DB} "
                         "(run `dsearch run SPACE.yaml` first, or pass --storage URL)")
     rdb = open_storage(url)
@@ -246,11 +149,6 @@ def open_study(study_dir: Path | None, storage: str | None = None, space: "Searc
                             f"use --study NAME; studies: {', '.join(names) or 'none'}")
         name = space.name
     return optuna.load_study(study_name=pick_study(url, names, name), storage=rdb)
-
-
-def study_id(url: str, name: str) -> int:
-    """The id of study `name` in the storage at `url` (optuna-dashboard's URLs use it)."""
-    return open_storage(url).get_study_id_from_name(name)
 
 
 def tell_finished(study: "optuna.Study", trial: "optuna.Trial", metrics: dict[str, float],
