@@ -3,12 +3,11 @@
 A shared database holds many studies: `dsearch run` creates or continues the one named in its space whatever
 else is there, `pareto` / `export` / `dashboard` take `--storage URL --study NAME` and need no local study
 folder (the space comes from the copy stored in the study), and a missing name among several lists them. The
-errors of a bad URL or a missing driver are one line, and need no server.
+errors of a bad URL or a missing driver are one line, and need no server. The kill-and-resume test runs on
+PostgreSQL too: tests/test_search.py::test_killed_driver_resumes_with_interrupted_trials_requeued[postgresql].
 """
 
 import json
-import os
-import signal
 import socket
 import subprocess
 import sys
@@ -182,59 +181,6 @@ def test_dashboard_serves_the_database_without_a_study_folder(searched, tmp_path
     finally:
         proc.terminate()
         proc.wait(timeout=10)
-
-
-# --- kill and resume ---------------------------------------------------------------------------------------
-
-def _wait_for(predicate, timeout):
-    end = time.time() + timeout
-    while time.time() < end:
-        if predicate():
-            return True
-        time.sleep(0.5)
-    return False
-
-
-@pytest.mark.slow
-def test_killed_driver_resumes_on_postgres_with_interrupted_trials_requeued(postgres_server, tmp_path):
-    url = postgres_server.new_database("resume")
-    add_other_study(url)
-    space = write_space(tmp_path, "resume", num=2, epochs=12, grace=12)
-    study_dir = tmp_path / "study"
-    # The killed driver's lease on the study (search/lock.StudyLease) expires after this many seconds.
-    env = {**os.environ, "DSEARCH_LEASE_TIMEOUT_S": "3"}
-    proc = subprocess.Popen([sys.executable, "-m", "dsearch.cli", "run", str(space), "--storage", url,
-                             "--study-dir", str(study_dir), "--quiet"], env=env, start_new_session=True,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-
-    def running_with_progress():
-        try:
-            trials = optuna.load_study(study_name="resume", storage=url).get_trials()
-        except Exception:
-            return False
-        return any(t.state == TrialState.RUNNING and t.user_attrs.get("epochs_trained", 0) >= 1 for t in trials)
-
-    try:
-        assert _wait_for(running_with_progress, 120), "no trial got going"
-    finally:
-        os.killpg(proc.pid, signal.SIGKILL)     # the driver and everything it started
-        proc.wait()
-    study = optuna.load_study(study_name="resume", storage=url)
-    interrupted = [t for t in study.trials if t.state == TrialState.RUNNING]
-    assert len(interrupted) == 1
-    time.sleep(3.5)                             # the dead driver's lease runs out
-
-    again = dsearch_cli("run", space, "--storage", url, "--study-dir", study_dir, "--quiet", env=env)
-    assert again.returncode == 0, again.stderr
-    study = optuna.load_study(study_name="resume", storage=url)
-    first = study.trials[interrupted[0].number]
-    assert first.state == TrialState.FAIL and first.user_attrs["fail_reason"] == "interrupted"
-    requeued = [t for t in study.trials if t.user_attrs.get("requeued_from") == first.number]
-    assert len(requeued) == 1 and requeued[0].params == first.params
-    assert requeued[0].state == TrialState.COMPLETE
-    assert st.counted_trials(study) == 2
-    assert sum(t.state == TrialState.COMPLETE for t in study.trials) == 2
-    assert optuna.get_all_study_names(url) == ["other", "resume"]
 
 
 # --- URLs and drivers: one line, exit 2, no server needed ------------------------------------------------

@@ -121,13 +121,20 @@ def _wait_for(predicate, timeout):
     return False
 
 
-def test_killed_driver_resumes_with_interrupted_trials_requeued(tmp_path):
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_killed_driver_resumes_with_interrupted_trials_requeued(tmp_path, request, backend):
     text = TINY.replace("max_epochs: 3", "max_epochs: 12").replace("grace_period: 1", "grace_period: 12")
     space = write_space(tmp_path, num=3, conc=1, text=text.replace("constraints: {max_params: 12000}", ""))
     study_dir = tmp_path / "study"
+    if backend == "sqlite":
+        url, extra, env = f"sqlite:///{study_dir}/study.db", [], None
+    else:   # a shared database that holds another study too; the killed driver's lease expires after 3 s
+        url = request.getfixturevalue("postgres_server").new_database("resume")
+        optuna.create_study(study_name="other", storage=url)
+        extra, env = ["--storage", url], {**os.environ, "DSEARCH_LEASE_TIMEOUT_S": "3"}
     proc = subprocess.Popen([sys.executable, "-m", "dsearch.cli", "run", str(space), "--study-dir", str(study_dir),
-                             "--quiet"], start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    url = f"sqlite:///{study_dir}/study.db"
+                             "--quiet", *extra], env=env, start_new_session=True, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE)
 
     def running_with_progress():
         try:
@@ -145,8 +152,10 @@ def test_killed_driver_resumes_with_interrupted_trials_requeued(tmp_path):
     interrupted = [t for t in study.trials if t.state == TrialState.RUNNING]
     assert len(interrupted) == 1
     assert StudyLock(study_dir).holder() is None       # the dead driver's lock is stale
+    if backend == "postgresql":
+        time.sleep(3.5)                                 # and so, after its timeout, is its lease
 
-    again = dsearch("run", space, "--study-dir", study_dir, "--quiet")
+    again = dsearch("run", space, "--study-dir", study_dir, "--quiet", *extra, env=env)
     assert again.returncode == 0, again.stderr
     study = optuna.load_study(study_name="tiny", storage=url)
     first = study.trials[interrupted[0].number]
@@ -156,6 +165,8 @@ def test_killed_driver_resumes_with_interrupted_trials_requeued(tmp_path):
     assert requeued[0].state == TrialState.COMPLETE
     assert st.counted_trials(study) == 3
     assert sum(t.state == TrialState.COMPLETE for t in study.trials) == 3
+    if backend == "postgresql":
+        assert optuna.get_all_study_names(url) == ["other", "tiny"]
 
 
 def _free_port() -> int:
