@@ -47,7 +47,7 @@ def parse_sets(sets: list[str] | None, default_prefix: str = "") -> dict:
     number); a bare key gets `default_prefix`."""
     import yaml
 
-    from ..search.io import _Loader      # the space files' YAML 1.2 loader
+    from ..search.io import load_yaml    # YAML 1.2, as the space files
 
     out: dict = {}
     for item in sets or []:
@@ -60,7 +60,7 @@ def parse_sets(sets: list[str] | None, default_prefix: str = "") -> dict:
         if default_prefix and "." not in key:
             key = default_prefix + key
         try:
-            out[key] = yaml.load(raw, Loader=_Loader)
+            out[key] = load_yaml(raw)
         except yaml.YAMLError as e:
             problem = " ".join(str(getattr(e, "problem", None) or e.__class__.__name__).split())
             raise UserError(f"--set {item!r}: value is not valid YAML ({problem}); quote it for a string, "

@@ -84,6 +84,11 @@ _Dumper.add_representer(list, lambda d, v: d.represent_sequence(
     "tag:yaml.org,2002:seq", v, flow_style=all(not isinstance(x, (list, dict)) for x in v)))
 
 
+def load_yaml(text: str) -> Any:
+    """YAML text as Python values, read as YAML 1.2 (see _Loader); yaml.YAMLError if it isn't YAML."""
+    return yaml.load(text, Loader=_Loader)
+
+
 def load_space(path: str | Path, *, rules: bool = True) -> SearchSpace:
     """Read and validate a space file; SpaceError (one line: file, key, rule) if anything is wrong.
 
@@ -103,7 +108,7 @@ def load_space(path: str | Path, *, rules: bool = True) -> SearchSpace:
 def parse_space(text: str, source: str = "<space>", *, rules: bool = True) -> SearchSpace:
     """Validate a space given as YAML text; `source` names it in errors."""
     try:
-        raw = yaml.load(text, Loader=_Loader)
+        raw = load_yaml(text)
     except yaml.MarkedYAMLError as e:
         mark = e.problem_mark or e.context_mark
         line = f":{mark.line + 1}" if mark else ""
@@ -181,14 +186,19 @@ def _fields_at(loc: list[str], tag: str | None) -> list[str]:
     return list(model.model_fields) if model else []
 
 
-def check_same_space(space: SearchSpace, stored: Path) -> None:
-    """Refuse to continue a study with a space that differs in what is searched or how it's judged."""
-    old = load_space(stored, rules=False)
+def refuse_different_space(old: SearchSpace, space: SearchSpace, where: str, advice: str) -> None:
+    """UserError naming the first difference, if `space` differs from the one a study (`where`) was started
+    with in what is searched or how it's judged (MAY_CHANGE may differ)."""
     diffs = [d for d in diff_spaces(old, space) if not d.startswith(MAY_CHANGE)]
     if diffs:
         more = f" (and {len(diffs) - 1} more)" if len(diffs) > 1 else ""
-        raise UserError(f"{stored.parent} was started with a different space: {diffs[0]}{more}; "
-                        "use the same space, or a new --study-dir")
+        raise UserError(f"{where} was started with a different space: {diffs[0]}{more}; {advice}")
+
+
+def check_same_space(space: SearchSpace, stored: Path) -> None:
+    """Refuse to continue a study with a space that differs from its space.yaml (see refuse_different_space)."""
+    refuse_different_space(load_space(stored, rules=False), space, str(stored.parent),
+                           "use the same space, or a new --study-dir")
 
 
 def read_stored_space(study_dir: Path | None, url: str | None = None, name: str | None = None) -> SearchSpace | None:

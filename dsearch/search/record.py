@@ -107,17 +107,14 @@ def create_or_load(space: "SearchSpace", study_dir: Path, storage: str | None = 
 
 def _check_stored_space(space: "SearchSpace", url: str, rdb: "optuna.storages.RDBStorage") -> None:
     """Refuse to continue a study whose stored space differs in what is searched or how it's judged."""
-    from .io import MAY_CHANGE, diff_spaces, parse_space
+    from .io import parse_space, refuse_different_space
 
     text = rdb.get_study_system_attrs(rdb.get_study_id_from_name(space.name)).get(SPACE_ATTR)
     if not isinstance(text, str):
         return      # a study made before the space was stored in it: the local space.yaml is the check
     where = f"study {space.name!r} in {display_url(url)}"
-    diffs = [d for d in diff_spaces(parse_space(text, where, rules=False), space) if not d.startswith(MAY_CHANGE)]
-    if diffs:
-        more = f" (and {len(diffs) - 1} more)" if len(diffs) > 1 else ""
-        raise UserError(f"{where} was started with a different space: {diffs[0]}{more}; use the same space, "
-                        "or another `name:` for a new study")
+    refuse_different_space(parse_space(text, where, rules=False), space, where,
+                           "use the same space, or another `name:` for a new study")
 
 
 def open_study(study_dir: Path | None, storage: str | None = None, space: "SearchSpace | None" = None,
