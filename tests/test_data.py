@@ -162,6 +162,35 @@ def test_imagefolder_tree_for_imagenet(tmp_path):
     assert [len(y) for _, y in d.eval_batches(2)] == [2, 1]
     f = load_data(DataConfig(name="imagenet", root=tmp_path, val_size=3, num_workers=0), final=True)
     assert (f.num_train, f.num_eval, f.eval_split) == (12, 6, "test")
+    assert f.roots == (str(tmp_path / "train"), str(tmp_path / "val")) and f.missing_files() is None
+
+
+def test_a_trial_on_a_node_without_the_folder_dataset_fails_naming_the_node_and_the_path(tmp_path):
+    """File lists travel to the workers, files don't: a node that lacks them says which, before training."""
+    import pickle as pk
+
+    from PIL import Image
+
+    from dsearch.search.trainable import NODE, NODE_IP, check_data_here
+
+    for c in ("a", "b"):
+        (tmp_path / "train" / c).mkdir(parents=True)
+        for i in range(3):
+            Image.fromarray(images(1, 3, 8, seed=i)[0].transpose(1, 2, 0)).save(tmp_path / "train" / c / f"{i}.png")
+    d = load_data(DataConfig(name="imagenet", root=tmp_path, val_size=2, num_workers=0))
+    node = {NODE: "worker-7", NODE_IP: "10.0.0.7"}
+    check_data_here(pk.loads(pk.dumps(d)), node)                # all there: no error
+    check_data_here(load_data(DataConfig(name="synthetic", train_subset=10, val_size=10)), node)  # in memory
+    (tmp_path / "train").rename(tmp_path / "moved")            # the folder is not at this path here
+    with pytest.raises(FileNotFoundError) as e:
+        check_data_here(d, node)
+    assert str(e.value).startswith(f"node worker-7 (10.0.0.7) has no folder {tmp_path / 'train'}: ")
+    assert "same path on every node" in str(e.value)
+    (tmp_path / "moved").rename(tmp_path / "train")
+    first = Path(d.train_samples[0][0])
+    first.unlink()                                              # the folder is, its files are not
+    with pytest.raises(FileNotFoundError, match=f"has no file {first}"):
+        check_data_here(d, node)
 
 
 def test_synthetic_is_seeded():

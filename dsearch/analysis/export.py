@@ -8,11 +8,13 @@ written, so an export that succeeds always loads.
 
 from __future__ import annotations
 
+import io
 import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..errors import UserError
+from ..search import artifacts
 from ..search.record import CHECKPOINT, EPOCHS_TRAINED, FAIL_REASON, MAX_EPOCHS, find_trial, trial_config
 
 if TYPE_CHECKING:
@@ -25,28 +27,32 @@ CONFIG_FILE = "config.json"
 TRIAL_FILE = "trial.json"
 
 
-def checkpoint_file(trial: "FrozenTrial", study_dir: Path) -> Path:
-    """The trial's checkpoint path (a relative one is taken from the study directory); UserError if none."""
+def checkpoint_file(trial: "FrozenTrial", study_dir: Path) -> str:
+    """The trial's checkpoint: a local path (a relative one is taken from the study directory) or a URI.
+
+    UserError if none is recorded, or if it can't be found there.
+    """
     raw = trial.user_attrs.get(CHECKPOINT)
     if not raw:
         why = trial.user_attrs.get(FAIL_REASON) or "no checkpoint recorded"
         raise UserError(f"trial {trial.number} has no checkpoint (state {trial.state.name}, {why}); "
                         "only trials that trained keep weights")
-    path = Path(raw)
-    if not path.is_absolute():
-        path = Path(study_dir) / path
-    if not path.is_file():
-        raise UserError(f"trial {trial.number}'s checkpoint {path} does not exist (moved or deleted? "
-                        "the study records the path it was written to)")
-    return path
+    location = raw if artifacts.is_uri(raw) or Path(raw).is_absolute() else str(Path(study_dir) / raw)
+    if not artifacts.exists(location):
+        why = ("is not in the object store or can't be read from this machine (credentials? network?)"
+               if artifacts.is_uri(location) else "does not exist (moved or deleted?)")
+        raise UserError(f"trial {trial.number}'s checkpoint {artifacts.describe(location)} {why}; "
+                        "the study records where it was written")
+    return location
 
 
-def read_weights(path: Path) -> dict[str, "torch.Tensor"]:
-    """The model state_dict inside a checkpoint written by train.fit (key "model")."""
+def read_weights(location: str | Path) -> dict[str, "torch.Tensor"]:
+    """The model state_dict inside a checkpoint written by train.fit (key "model"), from a path or a URI."""
     from ..training.checkpoint import load_checkpoint
 
+    path = artifacts.describe(str(location))
     try:
-        checkpoint = load_checkpoint(path)
+        checkpoint = load_checkpoint(io.BytesIO(artifacts.read_bytes(str(location))))
     except Exception as e:  # torch raises several types for a bad or foreign file
         raise UserError(f"checkpoint {path}: can't read it ({e.__class__.__name__}: "
                         f"{str(e).splitlines()[0] if str(e) else 'no detail'})") from None
@@ -77,7 +83,7 @@ def export_trial(study: "optuna.Study", study_dir: Path, number: int, out: Path)
     path = checkpoint_file(trial, study_dir)
     weights = read_weights(path)
     config = trial_config(trial)
-    model = build_loaded(config["model"], weights, f"trial {number}'s checkpoint {path}")
+    model = build_loaded(config["model"], weights, f"trial {number}'s checkpoint {artifacts.describe(path)}")
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out}: exists and is not a directory")
@@ -86,7 +92,7 @@ def export_trial(study: "optuna.Study", study_dir: Path, number: int, out: Path)
         "values": dict(zip(study.metric_names, trial.values)) if trial.values and study.metric_names
         else trial.values,
         "params": trial.params, EPOCHS_TRAINED: trial.user_attrs.get(EPOCHS_TRAINED),
-        MAX_EPOCHS: trial.user_attrs.get(MAX_EPOCHS), "checkpoint": str(path),
+        MAX_EPOCHS: trial.user_attrs.get(MAX_EPOCHS), "checkpoint": path,
     }
     try:
         out.mkdir(parents=True, exist_ok=True)
@@ -99,14 +105,18 @@ def export_trial(study: "optuna.Study", study_dir: Path, number: int, out: Path)
 
 
 def load_model(path: str | Path, device: "str | torch.device" = "cpu") -> "torch.nn.Module":
-    """The DenseNet exported to folder `path` (config.json's model section + model.pt), eval mode, on `device`."""
-    import torch
+    """The DenseNet exported to folder `path` (config.json's model section + model.pt), eval mode, on `device`.
 
-    folder = Path(path)
-    config_file, model_file = folder / CONFIG_FILE, folder / MODEL_FILE
+    `path` is a local folder or a URI (s3://…, gs://…) where an exported folder was copied.
+    """
+    from ..training.checkpoint import load_checkpoint
+
+    folder = str(path)
+    config_file, model_file = artifacts.join(folder, CONFIG_FILE), artifacts.join(folder, MODEL_FILE)
     for f in (config_file, model_file):
-        if not f.is_file():
-            raise UserError(f"{folder}: no {f.name} (expected a folder written by `dsearch export`)")
-    config = json.loads(config_file.read_text())
-    weights = torch.load(model_file, map_location="cpu", weights_only=True)
-    return build_loaded(config["model"], weights, str(model_file)).to(device)
+        if not artifacts.exists(f):
+            raise UserError(f"{artifacts.describe(folder)}: no {Path(f.split('?')[0]).name} (expected a folder "
+                            "written by `dsearch export`)")
+    config = json.loads(artifacts.read_bytes(config_file))
+    weights = load_checkpoint(io.BytesIO(artifacts.read_bytes(model_file)))
+    return build_loaded(config["model"], weights, artifacts.describe(model_file)).to(device)

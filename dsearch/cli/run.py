@@ -11,6 +11,7 @@ from typing import Any, Iterator, Optional
 import typer
 
 from ..errors import RunInterrupted, UserError
+from ..search import artifacts
 from ..search import record as st
 from ..search.storage import STUDY_DB, check_storage, open_storage, storage_url
 from ..search.io import SPACE_FILE, check_same_space, dump_space, load_space
@@ -35,7 +36,8 @@ def with_overrides(space: SearchSpace, cpus: float | None, gpus: float | None) -
 
 
 def run_command(space_path: Path, study_dir: Path | None, storage: str | None, ray_address: str | None,
-                cpus: float | None, gpus: float | None, quiet: bool = False) -> dict[str, Any]:
+                cpus: float | None, gpus: float | None, quiet: bool = False,
+                storage_path: str | None = None) -> dict[str, Any]:
     """Run or continue a search; returns the summary (counts by state, best val_acc, wall time).
 
     Raises RunInterrupted after SIGINT / SIGTERM, once the running trials are queued again.
@@ -44,16 +46,21 @@ def run_command(space_path: Path, study_dir: Path | None, storage: str | None, r
     if storage:
         check_storage(storage)         # a bad URL or a missing driver: one line, before Ray starts
     study_dir = Path(study_dir or Path("studies") / space.name)
+    # A --storage-path holds many studies: each keeps its trials in its own folder there.
+    trials = artifacts.TrialStorage(artifacts.join(storage_path, space.name) if storage_path else study_dir / "ray")
     stored = study_dir / SPACE_FILE
     if stored.exists():
         check_same_space(space, stored)
     elif study_dir.exists() and (study_dir / STUDY_DB).exists():
         raise UserError(f"{study_dir} holds a study but no {SPACE_FILE}; use a new --study-dir")
-    return _run(space, space_path, study_dir, storage, ray_address, quiet)
+    again = " ".join([f"dsearch run {space_path} --study-dir {study_dir}"]
+                     + [f"{flag} {value}" for flag, value in (("--storage", storage), ("--storage-path", storage_path),
+                                                               ("--ray-address", ray_address)) if value])
+    return _run(space, study_dir, storage, ray_address, trials, storage_path is None, again, quiet)
 
 
-def _run(space: SearchSpace, space_path: Path, study_dir: Path, storage: str | None, ray_address: str | None,
-         quiet: bool) -> dict[str, Any]:
+def _run(space: SearchSpace, study_dir: Path, storage: str | None, ray_address: str | None,
+         trials: artifacts.TrialStorage, default_trials: bool, again: str, quiet: bool) -> dict[str, Any]:
     from ..search import runner
     from ..search.live import LiveView
     from ..training.data import load_data
@@ -67,6 +74,10 @@ def _run(space: SearchSpace, space_path: Path, study_dir: Path, storage: str | N
         runner.start_ray(ray_address)
         try:
             runner.check_resources(space.resources.cpu, space.resources.gpu)
+            if ray_address:     # other nodes must see where trials save checkpoints
+                runner.check_storage_visible(trials.location, default=default_trials)
+            elif not default_trials:
+                artifacts.remove(artifacts.write_probe(trials.location))   # writable, before any trial
             study = st.create_or_load(space, study_dir, storage)
             # A shared database can be reached from other hosts, which the file lock can't see.
             with StudyLease(storage_url(study_dir, storage), space.name) if storage else nullcontext():
@@ -81,7 +92,7 @@ def _run(space: SearchSpace, space_path: Path, study_dir: Path, storage: str | N
                 with runner.Interruption() as interruption, \
                         LiveView(space.budget.max_epochs, space.budget.num_samples, enabled=not quiet) as view:
                     try:
-                        runner.run_search(space, study, study_dir, data, view, interruption)
+                        runner.run_search(space, study, study_dir, data, view, interruption, trials)
                     finally:
                         stopped = st.fail_interrupted(study)   # never lost: queued again, resumable
         finally:
@@ -93,7 +104,6 @@ def _run(space: SearchSpace, space_path: Path, study_dir: Path, storage: str | N
     if interruption.signum is not None:
         print_summary(summary)
         name = signal.Signals(interruption.signum).name
-        again = f"dsearch run {space_path} --study-dir {study_dir}" + (f" --storage {storage}" if storage else "")
         raise RunInterrupted(f"{name}: stopped; {len(stopped)} running trial{'s' * (len(stopped) != 1)} "
                              f"{stopped} marked FAIL (interrupted) and queued again; continue with: {again}",
                              interruption.signum)
@@ -108,7 +118,8 @@ def _check_lease(url: str, name: str) -> None:
 
 @contextmanager
 def _undo_failed_start(study_dir: Path, created: bool) -> Iterator[None]:
-    """On a failure before the study exists, remove the folder this run made (it holds only the lock file).
+    """On a failure before the study exists, remove the folder this run made (it holds only the lock file and
+    maybe the empty trial storage folder).
 
     Runs while the lock is held, so a second driver that lost the race never removes the winner's folder.
     """
@@ -116,8 +127,11 @@ def _undo_failed_start(study_dir: Path, created: bool) -> Iterator[None]:
         yield
     except BaseException:
         try:
-            if created and {p.name for p in study_dir.iterdir()} <= {LOCK_FILE}:
-                (study_dir / LOCK_FILE).unlink(missing_ok=True)
+            # Besides the lock, only empty folders (the trial storage the start-up check made) may be there.
+            entries = list(study_dir.iterdir())
+            if created and all(p.name == LOCK_FILE or (p.is_dir() and not any(p.iterdir())) for p in entries):
+                for p in entries:
+                    p.rmdir() if p.is_dir() else p.unlink()
                 study_dir.rmdir()
         except OSError:
             pass
@@ -139,10 +153,14 @@ def run(
     study_dir: Optional[Path] = typer.Option(None, "--study-dir", help="default: studies/<name>"),
     storage: Optional[str] = typer.Option(None, "--storage", help="Optuna RDB URL (default: SQLite in the study dir)"),
     ray_address: Optional[str] = typer.Option(None, "--ray-address", help="existing Ray cluster (default: local)"),
+    storage_path: Optional[str] = typer.Option(
+        None, "--storage-path", help="where trials keep folders and checkpoints, in a folder per study: a folder "
+        "every node sees, or s3://BUCKET/PATH, gs://BUCKET/PATH (default: STUDY_DIR/ray)"),
     cpus_per_trial: Optional[float] = typer.Option(None, "--cpus-per-trial", help="override resources.cpu"),
     gpus_per_trial: Optional[float] = typer.Option(None, "--gpus-per-trial", help="override resources.gpu"),
     quiet: bool = typer.Option(False, "--quiet", help="no live table"),
 ) -> None:
     """Run (or continue) a search: Ray Tune + ASHA trials recorded in an Optuna study."""
     # After SIGINT / SIGTERM run_command raises RunInterrupted: main says how to continue, exit 128 + signal.
-    print_summary(run_command(space, study_dir, storage, ray_address, cpus_per_trial, gpus_per_trial, quiet))
+    print_summary(run_command(space, study_dir, storage, ray_address, cpus_per_trial, gpus_per_trial, quiet,
+                              storage_path))

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import UserError
 from ..metrics import EPOCH, VAL_ACC
+from . import artifacts
 from .searcher import Events, StudySearcher
 from .trainable import train_trial
 
@@ -25,6 +26,13 @@ if TYPE_CHECKING:
     from .schema import SearchSpace
 
 CONNECT_TIMEOUT_S = 10.0
+PROBE_TIMEOUT_S = 120.0      # every node answers the storage probe within this (a first worker start included)
+
+
+def code_runtime_env() -> dict:
+    """The runtime_env that ships this dsearch package to every worker: nodes need its dependencies, not it."""
+    package = Path(__file__).resolve().parents[1]
+    return {"py_modules": [str(package)], "excludes": ["__pycache__", "*.pyc"]}
 
 
 def start_ray(address: str | None, num_cpus: int | None = None) -> None:
@@ -47,7 +55,7 @@ def start_ray(address: str | None, num_cpus: int | None = None) -> None:
                   configure_logging=True)
     try:
         if address:
-            ray.init(address=address, **kwargs)
+            ray.init(address=address, runtime_env=code_runtime_env(), **kwargs)
         else:
             # "local": always a fresh instance, never an unrelated `ray start` cluster found on the machine.
             ray.init(address="local", num_cpus=num_cpus or os.cpu_count(), **kwargs)
@@ -86,6 +94,40 @@ def check_resources(cpu: float, gpu: float) -> None:
                         f"run with --cpus-per-trial {max(1, int(have.get('CPU', 1)))}")
 
 
+def check_storage_visible(location: str, default: bool) -> None:
+    """Refuse trial storage that some node of the cluster can't read: a marker written here must be readable there.
+
+    One zero-CPU task per alive node. A driver-local folder on a multi-node cluster is the usual cause:
+    trials on the other nodes would fail when they save their first checkpoint.
+    """
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    nodes = [n for n in ray.nodes() if n.get("Alive")]
+    marker = artifacts.write_probe(location)
+    try:
+        probe = ray.remote(num_cpus=0, max_retries=0)(artifacts.probe)
+        refs = {probe.options(scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False))
+                .remote(marker): n for n in nodes}
+        ready, pending = ray.wait(list(refs), num_returns=len(refs), timeout=PROBE_TIMEOUT_S)
+        answers = [(refs[r], ray.get(r)) for r in ready] + [
+            (refs[r], f"no answer within {PROBE_TIMEOUT_S:g} s") for r in pending]
+    finally:
+        artifacts.remove(marker)
+    blind = [(n, why) for n, why in answers if why is not None]
+    if not blind:
+        return
+    node, why = blind[0]
+    what = "the default trial storage" if default else "--storage-path"
+    where = f"node {node['NodeManagerAddress']} (one of {len(blind)} of the cluster's {len(nodes)} nodes)"
+    if artifacts.is_uri(location):
+        raise UserError(f"{what} {artifacts.describe(location)}: {where} can't read it ({why}); give every node "
+                        "the store's credentials and network access")
+    raise UserError(f"{what} {artifacts.describe(location)} is on this machine's disk and {where} can't see it; "
+                    "trials there could not save checkpoints. Pass --storage-path on storage every node sees: "
+                    "s3://BUCKET/PATH, gs://BUCKET/PATH, or a folder mounted at the same path on every node")
+
+
 class Interruption:
     """SIGINT / SIGTERM while installed: the first asks the run to stop (trials are stopped, not recorded),
     a second SIGINT stops at once (KeyboardInterrupt). `signum` is the first signal, or None."""
@@ -115,14 +157,19 @@ class Interruption:
 
 
 def run_search(space: "SearchSpace", study: "optuna.Study", study_dir: Path, data: Any, view: Any,
-               interruption: Interruption, max_concurrent: int | None = None) -> None:
-    """Run the trials the study still owes (num_samples minus counted) under ASHA, until done or interrupted."""
+               interruption: Interruption, storage: artifacts.TrialStorage | None = None,
+               max_concurrent: int | None = None) -> None:
+    """Run the trials the study still owes (num_samples minus counted) under ASHA, until done or interrupted.
+
+    Ray keeps trial folders and checkpoints in `storage` (default: the study folder's ray/).
+    """
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
 
     r = space.resources
     threads = max(1, int(r.cpu))
-    searcher = StudySearcher(space, study, study_dir, threads, interrupted=interruption)
+    storage = storage or artifacts.TrialStorage(study_dir / "ray")
+    searcher = StudySearcher(space, study, study_dir, threads, interrupted=interruption, storage=storage)
     b = space.budget
     scheduler = ASHAScheduler(time_attr=EPOCH, max_t=b.max_epochs, grace_period=b.grace_period,
                               reduction_factor=b.reduction_factor)
@@ -134,7 +181,7 @@ def run_search(space: "SearchSpace", study: "optuna.Study", study_dir: Path, dat
                                     num_samples=-1,
                                     max_concurrent_trials=max_concurrent or b.max_concurrent_trials),
         run_config=tune.RunConfig(
-            name=f"run-{time.strftime('%Y%m%d-%H%M%S')}", storage_path=str((study_dir / "ray").resolve()),
+            name=f"run-{time.strftime('%Y%m%d-%H%M%S')}", **storage.ray_storage(),
             verbose=0, callbacks=[Events(searcher, view)], stop=_stopper(interruption),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
             failure_config=tune.FailureConfig(max_failures=0)),

@@ -21,10 +21,11 @@ from ray.tune.search import Searcher
 from ..errors import UserError
 from ..metrics import (EPOCH, IMAGES_PER_S, MACS, PARAMS, PEAK_MEMORY_BYTES, TRAIN_TIME_S, VAL_ACC, VAL_LOSS,
                        WALL_TIME_S)
+from . import artifacts
 from . import record as st
 from .sampling import check_constraints, input_size, resolve, suggest
-from .trainable import (CHECKPOINT_FILE, EXCEPTION, NODE, RESUME_FROM, RESUMED_CURVE, WORKER_DIED, WORKER_PID,
-                        TrialError)
+from .trainable import (CHECKPOINT_FILE, EXCEPTION, NODE, NODE_ID, NODE_IP, RESUME_FROM, RESUMED_CURVE, WORKER_DIED,
+                        WORKER_PID, TrialError)
 
 if TYPE_CHECKING:
     import optuna
@@ -39,10 +40,12 @@ class StudySearcher(Searcher):
     """Proposes trials from the Optuna study (ask) and records their outcome (tell)."""
 
     def __init__(self, space: "SearchSpace", study: "optuna.Study", study_dir: Path, num_threads: int | None,
-                 interrupted: Callable[[], bool] = lambda: False) -> None:
+                 interrupted: Callable[[], bool] = lambda: False,
+                 storage: artifacts.TrialStorage | None = None) -> None:
         super().__init__(metric=VAL_ACC, mode="max")
         self.space, self.study, self.num_threads = space, study, num_threads
         self.study_dir = Path(study_dir).resolve()
+        self.storage = storage or artifacts.TrialStorage(self.study_dir / "ray")
         self.interrupted = interrupted
         self.live: dict[str, dict[str, Any]] = {}     # Ray trial id → optuna trial info
         self.errored: dict[str, dict[str, Any]] = {}  # Ray trial id → info, until its error is read
@@ -61,7 +64,7 @@ class StudySearcher(Searcher):
 
     def __getstate__(self) -> dict:
         # The live optuna.Trial objects hold the study too; the callable may be a closure.
-        skip = ("study", "live", "errored", "interrupted")
+        skip = ("study", "live", "errored", "interrupted", "storage")
         return {**{k: v for k, v in self.__dict__.items() if k not in skip}, "live": {}, "errored": {}}
 
     def suggest(self, trial_id: str) -> dict | str | None:
@@ -111,7 +114,7 @@ class StudySearcher(Searcher):
             return None
         proposal = {"run": run.model_dump(mode="json"), PARAMS: params, MACS: macs, "trial": trial.number}
         checkpoint = old.user_attrs.get(st.CHECKPOINT) if old is not None else None
-        if checkpoint and Path(checkpoint).is_file():
+        if checkpoint and artifacts.exists(checkpoint):
             proposal[RESUME_FROM] = attrs[st.CHECKPOINT] = checkpoint
         st.set_attrs(trial, attrs)
         return proposal
@@ -119,7 +122,9 @@ class StudySearcher(Searcher):
     def on_trial_result(self, trial_id: str, result: dict) -> None:
         info = self.live.get(trial_id)
         if info is not None and self._take(info, result):
-            where = {NODE: result[NODE], WORKER_PID: result[WORKER_PID]} if len(info["curve"]) == 1 else {}
+            # Where it runs, from its first report (a resumed trial's first report already holds several epochs).
+            where = {} if info.get("where") else {k: result.get(k) for k in (NODE, NODE_IP, NODE_ID, WORKER_PID)}
+            info["where"] = True
             st.set_attrs(info["trial"], {st.CURVE: info["curve"], st.EPOCHS_TRAINED: result.get(EPOCH, 0),
                                          **where})
 
@@ -186,7 +191,7 @@ class StudySearcher(Searcher):
     def record_checkpoint(self, trial_id: str, path: str) -> None:
         info = self.live.get(trial_id)
         if info is not None:
-            st.set_attrs(info["trial"], {st.CHECKPOINT: str(Path(path) / CHECKPOINT_FILE)})
+            st.set_attrs(info["trial"], {st.CHECKPOINT: self.storage.locate(f"{path.rstrip('/')}/{CHECKPOINT_FILE}")})
 
 
 def describe_failure(error: BaseException | None, fallback_text: str | None = None) -> tuple[str, str, str]:

@@ -7,7 +7,6 @@ the driver records it as FAIL; a result without the scheduler's metric would end
 from __future__ import annotations
 
 import os
-import shutil
 import socket
 import traceback
 from pathlib import Path
@@ -19,7 +18,8 @@ from ..training.config import RunConfig
 CHECKPOINT_FILE = "checkpoint.pt"
 RESUME_FROM = "resume_from"          # Ray config key: the checkpoint an interrupted trial continues from
 RESUMED_CURVE = "resumed_curve"      # report key: val_acc of the epochs the checkpoint already holds
-NODE, WORKER_PID = "node", "worker_pid"   # report keys: where the trial runs
+# Report keys (and user attributes): where the trial runs, as a host name, the Ray node's IP and id, and a pid.
+NODE, NODE_IP, NODE_ID, WORKER_PID = "node", "node_ip", "node_id", "worker_pid"
 
 # Error kinds, the `error_kind` user attribute of a FAIL(error) trial.
 DIVERGED, OUT_OF_MEMORY, EXCEPTION, WORKER_DIED = "diverged", "out_of_memory", "exception", "worker_died"
@@ -59,18 +59,23 @@ def train_trial(config: dict, data: Any = None) -> None:
 
 
 def _train(tune: Any, config: dict, data: Any) -> None:
+    import ray
+
     from ..training.checkpoint import load_checkpoint
     from ..training.loop import fit, peak_memory, resolve_device
+    from .artifacts import copy_to_local
 
     run = RunConfig.model_validate(config["run"])
-    fixed = {PARAMS: config[PARAMS], MACS: config[MACS], NODE: socket.gethostname(), WORKER_PID: os.getpid()}
+    node = {NODE: socket.gethostname(), NODE_IP: ray.util.get_node_ip_address(),
+            NODE_ID: ray.get_runtime_context().get_node_id(), WORKER_PID: os.getpid()}
+    check_data_here(data, node)
+    fixed = {PARAMS: config[PARAMS], MACS: config[MACS], **node}
     # fit() writes here each epoch; Ray copies it to the experiment's storage with each report.
     work = Path(tune.get_context().get_trial_dir()) / "latest"
     ckpt_path = work / CHECKPOINT_FILE
     resumed: dict[str, Any] = {}
     if config.get(RESUME_FROM):
-        work.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(config[RESUME_FROM], ckpt_path)
+        copy_to_local(config[RESUME_FROM], ckpt_path)     # a local path or the object store's URI
         # The epochs already done are reported once, so the driver's curve is whole.
         resumed = {RESUMED_CURVE: [h[VAL_ACC] for h in load_checkpoint(ckpt_path)["history"]]}
     train_time = 0.0
@@ -84,3 +89,11 @@ def _train(tune: Any, config: dict, data: Any) -> None:
         tune.report(out, checkpoint=tune.Checkpoint.from_directory(str(work)))
 
     fit(run, data, callback=report, checkpoint_path=ckpt_path, resume=bool(config.get(RESUME_FROM)))
+
+
+def check_data_here(data: Any, node: dict) -> None:
+    """A folder dataset's files must be at the same path on every node: say which node lacks which path."""
+    missing = data.missing_files() if hasattr(data, "missing_files") else None
+    if missing:
+        raise FileNotFoundError(f"node {node[NODE]} ({node[NODE_IP]}) has no {missing}: a folder dataset must be "
+                                "at the same path on every node of the cluster")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import torch
 
@@ -22,9 +22,9 @@ def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
             tmp.unlink()
 
 
-def load_checkpoint(path: Path, device: torch.device | str = "cpu") -> dict[str, Any]:
-    """A checkpoint written by fit, loaded with weights_only=True (tensors and plain containers only)."""
-    return torch.load(Path(path), map_location=device, weights_only=True)
+def load_checkpoint(path: Path | BinaryIO, device: torch.device | str = "cpu") -> dict[str, Any]:
+    """A checkpoint written by fit (a path or an open binary file), loaded with weights_only=True."""
+    return torch.load(path if hasattr(path, "read") else Path(path), map_location=device, weights_only=True)
 
 
 def rng_state() -> dict[str, Any]:

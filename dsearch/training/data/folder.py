@@ -49,10 +49,21 @@ class FolderData(SplitInfo):
     flip: bool = True
     mean: tuple[float, ...] = IMAGENET_MEAN
     std: tuple[float, ...] = IMAGENET_STD
+    roots: tuple[str, ...] = ()      # the folders the file lists were read from
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
 
     num_train = property(lambda self: len(self.train_samples))
     num_eval = property(lambda self: len(self.eval_samples))
+
+    def missing_files(self) -> str | None:
+        """The first of its folders (or first files) this machine lacks, or None: file lists travel, files don't."""
+        for root in self.roots:
+            if not os.path.isdir(root):
+                return f"folder {root}"
+        for samples in (self.train_samples, self.eval_samples):
+            if samples and not os.path.isfile(samples[0][0]):
+                return f"file {samples[0][0]}"
+        return None
 
     def to(self, device: torch.device | str) -> "FolderData":
         return replace(self, device=torch.device(device))
@@ -107,5 +118,6 @@ def load_folder(cfg: DataConfig, *, final: bool = False) -> FolderData:
         keep, _ = stratified_split(torch.tensor([s[1] for s in train]), cfg.train_subset, g)
         train = [train[i] for i in keep]
     workers = cfg.num_workers if cfg.num_workers is not None else min(8, os.cpu_count() or 1)
+    roots = tuple(str(files[k]) for k in (("train", "val") if final else ("train",)))
     return FolderData(cfg.name, train, evals, max(cfg.info.num_classes, len(classes)), cfg.augment, workers,
-                      eval_split="test" if final else "val")
+                      eval_split="test" if final else "val", roots=roots)
