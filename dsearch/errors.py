@@ -33,3 +33,10 @@ class RunInterrupted(Exception):
     @property
     def exit_code(self) -> int:
         return 128 + self.signum
+
+
+class RunFailed(Exception):
+    """A run in which every trial that trained failed (a broken setup, not bad luck); the CLI exits 1.
+
+    The study is in order: the trials are recorded FAIL with their errors.
+    """

@@ -18,6 +18,7 @@ import pytest
 from optuna.trial import TrialState
 
 from cluster import s3_server, two_node_cluster
+from spaces import tiny_space
 from dsearch.search import record as st
 
 pytestmark = [pytest.mark.slow,
@@ -26,19 +27,7 @@ pytestmark = [pytest.mark.slow,
 REPO = Path(__file__).resolve().parents[1]
 
 # 8 epochs, rungs at 2 and 4: long enough to be caught running, short enough to train twice here.
-SPACE = """
-name: tiny
-data: {name: synthetic, augment: true, val_size: 100, synthetic_size: 400, synthetic_image_size: 8}
-budget: {max_epochs: 8, num_samples: 4, grace_period: 2, reduction_factor: 2, max_concurrent_trials: 1}
-resources: {cpu: 1, gpu: 0}
-sampler: {type: random, seed: 3}
-fixed: {model.variant: densenet-bc, train.batch_size: 32}
-params:
-  model.depth: {type: int, low: 10, high: 16, step: 6}
-  model.growth_rate: {type: int, low: 2, high: 12}
-  train.lr: {type: categorical, choices: [0.1, 0.0001]}
-seed_trials: [{model.depth: 10, model.growth_rate: 6, train.lr: 0.1}]
-"""
+SPACE = tiny_space(epochs=8, num=4, grace=2, conc=1)
 
 
 def _dsearch(args, env, timeout=180) -> subprocess.CompletedProcess:
@@ -123,7 +112,8 @@ def test_a_search_on_a_two_node_cluster_with_s3_storage_survives_a_killed_driver
                   f"{t.user_attrs.get('node_ip')} {str(t.user_attrs.get('node_id'))[:12]} {t.user_attrs['checkpoint']}")
         for t in trained:                                # every trial ran on the worker node, none on the head
             assert (t.user_attrs["node_ip"], t.user_attrs["node_id"]) == (cluster.worker_ip, cluster.worker_node_id)
-            assert t.user_attrs["checkpoint"].startswith("s3://dsearch/searches/tiny/")
+            assert t.user_attrs["checkpoint"].startswith("s3://dsearch/searches/tiny/run-")
+            assert f"/trial-{t.number}-" in t.user_attrs["checkpoint"]
             assert t.user_attrs["checkpoint"].endswith(f"/checkpoint.pt?endpoint_override={s3.endpoint}"
                                                        "&scheme=http&region=us-east-1")
         assert not (tmp_path / "first" / "ray").exists() and not (tmp_path / "second" / "ray").exists()

@@ -288,6 +288,10 @@ CASES = {
                           ["--gpus-per-trial"], None),
     "run-bad-storage-url": (["run", "{space.yaml}", "--study-dir", "{new-study-storage}", "--storage", "foo://x"],
                             ["--storage foo://x"], None),
+    "run-bad-storage-path-uri": (["run", "{space.yaml}", "--study-dir", "{new-study-sp}", "--storage-path",
+                                  "nope://b/p"], ["nope://b/p/tiny: not a storage URI pyarrow can open"], None),
+    "run-storage-path-below-a-file": (["run", "{space.yaml}", "--study-dir", "{new-study-sp2}", "--storage-path",
+                                       "{a-file}/trials"], ["--storage-path", "a-file/trials/tiny: can't write"], None),
     "run-unreachable-ray": (["run", "{space.yaml}", "--study-dir", "{new-study-ray}", "--ray-address",
                              "127.0.0.1:1"], ["--ray-address 127.0.0.1:1"], None),
     # dsearch pareto

@@ -105,3 +105,43 @@ def test_export_of_a_missing_study_is_a_one_line_error(tmp_path, capsys):
 def test_load_model_of_a_folder_without_export_is_a_clear_error(tmp_path):
     with pytest.raises(dsearch.UserError, match="no config.json"):
         dsearch.load_model(tmp_path)
+
+
+def test_export_and_load_model_read_checkpoints_and_folders_in_an_object_store(study, tmp_path, monkeypatch, capsys):
+    """Checkpoints recorded as s3:// URIs (as a cluster search records them) export from any machine."""
+    from cluster import s3_server
+    from dsearch.search import artifacts
+
+    study_dir, original = study
+
+    def put(location: str, data: bytes) -> None:
+        fs, path = artifacts.filesystem(location)
+        with fs.open_output_stream(path) as f:
+            f.write(data)
+
+    with s3_server() as s3:
+        for key, value in s3.env.items():
+            monkeypatch.setenv(key, value)
+        s3.make_bucket("bkt")
+        ckpt = artifacts.join(s3.uri("bkt", "runs"), "tiny/run-1/t0/checkpoint_000002/checkpoint.pt")
+        put(ckpt, (study_dir / "ckpt" / "0.pt").read_bytes())
+        url = f"sqlite:///{tmp_path / 'study.db'}"
+        s = optuna.create_study(study_name="s3", directions=["maximize", "minimize", "minimize"], storage=url)
+        add_trial(s, TrialState.COMPLETE, ckpt)
+        add_trial(s, TrialState.COMPLETE, artifacts.join(s3.uri("bkt", "runs"), "tiny/gone/checkpoint.pt"))
+        out = tmp_path / "best"
+        assert main(["export", "--storage", url, "--study", "s3", "--trial", "0", "--out", str(out)]) == 0
+        assert json.loads((out / "trial.json").read_text())["checkpoint"] == ckpt
+        for name in ("config.json", "model.pt"):            # the exported folder, copied to the store
+            put(artifacts.join(s3.uri("bkt", "exports/best"), name), (out / name).read_bytes())
+        loaded = dsearch.load_model(s3.uri("bkt", "exports/best"))
+        x = torch.randn(2, 3, 8, 8)
+        with torch.no_grad():
+            assert torch.equal(loaded(x), original.eval()(x))
+        capsys.readouterr()
+        assert main(["export", "--storage", url, "--study", "s3", "--trial", "1", "--out", str(tmp_path / "x")]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "trial 1's checkpoint s3://bkt/runs/tiny/gone/checkpoint.pt?endpoint_override=" \
+            in err and "is not in the object store or can't be read from this machine" in err
+        with pytest.raises(dsearch.UserError, match=r"exports/nothing\?endpoint_override=.*: no config.json"):
+            dsearch.load_model(s3.uri("bkt", "exports/nothing"))

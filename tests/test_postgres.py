@@ -24,28 +24,18 @@ import dsearch
 from dsearch.cli import main
 from dsearch.search import record as st
 from dsearch.search.io import parse_space
+from spaces import tiny_space
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 # As tests/test_search.py's tiny space, smaller still (2 epochs), with a hypervolume reference of its own so
 # that `dsearch pareto` shows whether it read the space stored in the study.
-TINY = """
-name: NAME
-data: {name: synthetic, augment: true, val_size: 100, synthetic_size: 400, synthetic_image_size: 8}
+TINY = tiny_space(name="NAME", epochs="EPOCHS", grace="GRACE", conc=1, growth_high=8, extra="""\
 objectives:
   - {metric: val_acc, direction: maximize, reference: 0.01}
   - {metric: params, direction: minimize, reference: 50000}
   - {metric: macs, direction: minimize, reference: 5.0e7}
-budget: {max_epochs: EPOCHS, num_samples: NUM, grace_period: GRACE, reduction_factor: 2, max_concurrent_trials: 1}
-resources: {cpu: 1, gpu: 0}
-sampler: {type: random, seed: 3}
-fixed: {model.variant: densenet-bc, train.batch_size: 32}
-params:
-  model.depth: {type: int, low: 10, high: 16, step: 6}
-  model.growth_rate: {type: int, low: 2, high: 8}
-  train.lr: {type: categorical, choices: [0.1, 0.0001]}
-seed_trials: [{model.depth: 10, model.growth_rate: 6, train.lr: 0.1}]
-"""
+""")
 
 
 def write_space(where: Path, name: str, num: int, epochs: int = 2, grace: int = 1) -> Path:

@@ -65,5 +65,11 @@ def test_a_failure_is_read_through_rays_wrappers():
     died = type("RayActorError", (Exception,), {})("The actor died unexpectedly before finishing this task.")
     kind, message, text = describe_failure(died)
     assert kind == "worker_died" and "worker process died" in message and "died unexpectedly" in text
+    # A worker that could not even start on its node: the Python error it raised is the message.
+    broken = type("ActorDiedError", (Exception,), {})(
+        "The actor died because of an error raised in its creation task, ray::ImplicitFunc.__init__() "
+        "(pid=7, ip=10.0.0.7)\n  File \"/x.py\", line 1\nModuleNotFoundError: No module named 'dsearch'")
+    assert describe_failure(broken)[:2] == ("worker_died", "the trial's Ray worker failed: ModuleNotFoundError: "
+                                                           "No module named 'dsearch'")
     assert describe_failure(None, "Failure # 1\nValueError: x\n") == ("exception", "ValueError: x",
                                                                        "Failure # 1\nValueError: x\n")

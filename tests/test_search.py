@@ -16,25 +16,11 @@ from optuna.trial import TrialState
 
 from dsearch.search import record as st
 from dsearch.search.lock import StudyLock
+from spaces import tiny_space
 
 pytestmark = pytest.mark.slow
 
-# Trial 0 (seeded, lr 0.1) trains first; with one trial at a time ASHA then stops any trial whose
-# rung-1 val_acc falls below the median of those seen there, e.g. the lr 1e-4 ones.
-TINY = """
-name: tiny
-data: {name: synthetic, augment: true, val_size: 100, synthetic_size: 400, synthetic_image_size: 8}
-budget: {max_epochs: 3, num_samples: NUM, grace_period: 1, reduction_factor: 2, max_concurrent_trials: CONC}
-resources: {cpu: 1, gpu: 0}
-sampler: {type: random, seed: 3}
-constraints: {max_params: 12000}
-fixed: {model.variant: densenet-bc, train.batch_size: 32}
-params:
-  model.depth: {type: int, low: 10, high: 16, step: 6}
-  model.growth_rate: {type: int, low: 2, high: 12}
-  train.lr: {type: categorical, choices: [0.1, 0.0001]}
-seed_trials: [{model.depth: 10, model.growth_rate: 6, train.lr: 0.1}]
-"""
+TINY = tiny_space(extra="constraints: {max_params: 12000}\n")
 
 
 def write_space(tmp_path: Path, num: int = 6, conc: int = 1, text: str = TINY) -> Path:
@@ -239,6 +225,18 @@ def test_a_trial_that_diverges_fails_with_its_kind_and_traceback_and_the_search_
     again = dsearch("run", space, "--study-dir", study_dir, "--quiet")
     assert again.returncode == 0, again.stderr
     assert len(optuna.load_study(study_name="tiny", storage=f"sqlite:///{study_dir}/study.db").trials) == 5
+
+
+def test_a_run_in_which_every_trial_fails_exits_1_naming_the_first_error(tmp_path):
+    """A broken setup (here: every trial diverges) must not look like a finished search."""
+    text = DIVERGING.replace("choices: [0.1, 1.0e+12]", "choices: [1.0e+12]").replace("max_epochs: 3", "max_epochs: 1")
+    proc = dsearch("run", write_space(tmp_path, num=2, conc=2, text=text), "--study-dir", tmp_path / "s", "--quiet")
+    assert proc.returncode == 1, proc.stderr
+    assert proc.stderr.startswith("dsearch: error: all 2 trials of this run failed and none trained (a setup "
+                                  "problem?); trial ") and proc.stderr.count("\n") == 1, proc.stderr
+    assert "TrainingDiverged: training diverged" in proc.stderr and "trials: FAIL(error) 2" in proc.stdout
+    study = optuna.load_study(study_name="tiny", storage=f"sqlite:///{tmp_path}/s/study.db")
+    assert [t.user_attrs["error_kind"] for t in study.trials] == ["diverged", "diverged"]
 
 
 LONG = TINY.replace("max_epochs: 3", "max_epochs: 40").replace("grace_period: 1", "grace_period: 40") \

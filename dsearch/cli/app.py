@@ -17,7 +17,7 @@ import traceback
 
 import typer
 
-from ..errors import RunInterrupted, UserError
+from ..errors import RunFailed, RunInterrupted, UserError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Search DenseNet architectures and training hyperparameters.")
@@ -148,6 +148,9 @@ def main(argv: list[str] | None = None) -> int:
     except RunInterrupted as e:       # `dsearch run` stopped on a signal, its study in order
         print(f"dsearch: interrupted by {e}", file=sys.stderr)
         return e.exit_code
+    except RunFailed as e:            # every trial of a run failed: the study is in order, the setup is not
+        print(f"dsearch: error: {e}", file=sys.stderr)
+        return 1
     except typer.Abort as e:          # raised by a command (e.g. a declined prompt), not by Ctrl-C
         if _interrupted(e):
             print("dsearch: error: interrupted", file=sys.stderr)

@@ -10,7 +10,7 @@ from typing import Any, Iterator, Optional
 
 import typer
 
-from ..errors import RunInterrupted, UserError
+from ..errors import RunFailed, RunInterrupted, UserError
 from ..search import artifacts
 from ..search import record as st
 from ..search.storage import STUDY_DB, check_storage, open_storage, storage_url
@@ -71,13 +71,13 @@ def _run(space: SearchSpace, study_dir: Path, storage: str | None, ray_address: 
         if storage:
             _check_lease(storage_url(study_dir, storage), space.name)   # before the slow start of Ray
         data = load_data(space.data)          # errors (missing files) before Ray or the study start
+        if not default_trials:                # a --storage-path this machine can't write: before Ray starts
+            artifacts.remove(artifacts.write_probe(trials.location))
         runner.start_ray(ray_address)
         try:
             runner.check_resources(space.resources.cpu, space.resources.gpu)
-            if ray_address:     # other nodes must see where trials save checkpoints
+            if ray_address:       # every node must see where trials save their checkpoints
                 runner.check_storage_visible(trials.location, default=default_trials)
-            elif not default_trials:
-                artifacts.remove(artifacts.write_probe(trials.location))   # writable, before any trial
             study = st.create_or_load(space, study_dir, storage)
             # A shared database can be reached from other hosts, which the file lock can't see.
             with StudyLease(storage_url(study_dir, storage), space.name) if storage else nullcontext():
@@ -92,7 +92,7 @@ def _run(space: SearchSpace, study_dir: Path, storage: str | None, ray_address: 
                 with runner.Interruption() as interruption, \
                         LiveView(space.budget.max_epochs, space.budget.num_samples, enabled=not quiet) as view:
                     try:
-                        runner.run_search(space, study, study_dir, data, view, interruption, trials)
+                        searcher = runner.run_search(space, study, study_dir, data, view, interruption, trials)
                     finally:
                         stopped = st.fail_interrupted(study)   # never lost: queued again, resumable
         finally:
@@ -107,6 +107,12 @@ def _run(space: SearchSpace, study_dir: Path, storage: str | None, ray_address: 
         raise RunInterrupted(f"{name}: stopped; {len(stopped)} running trial{'s' * (len(stopped) != 1)} "
                              f"{stopped} marked FAIL (interrupted) and queued again; continue with: {again}",
                              interruption.signum)
+    if searcher.failed and not searcher.trained:
+        print_summary(summary)
+        number, message = searcher.failed[0]
+        n = len(searcher.failed)
+        raise RunFailed(f"{'all ' if n > 1 else ''}{n} trial{'s' * (n > 1)} of this run failed and none trained "
+                        f"(a setup problem?); trial {number}: {message[:300]}")
     return summary
 
 

@@ -95,10 +95,11 @@ def check_resources(cpu: float, gpu: float) -> None:
 
 
 def check_storage_visible(location: str, default: bool) -> None:
-    """Refuse trial storage that some node of the cluster can't read: a marker written here must be readable there.
+    """Refuse trial storage that a node of the cluster can't read: a marker written here must be readable there.
 
-    One zero-CPU task per alive node. A driver-local folder on a multi-node cluster is the usual cause:
-    trials on the other nodes would fail when they save their first checkpoint.
+    One zero-CPU task per alive node. A driver-local folder on a multi-node cluster is the usual failure:
+    trials on the other nodes would fail when they save their first checkpoint. `default`: the location
+    was not given (--storage-path), and the message says so.
     """
     import ray
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
@@ -158,10 +159,11 @@ class Interruption:
 
 def run_search(space: "SearchSpace", study: "optuna.Study", study_dir: Path, data: Any, view: Any,
                interruption: Interruption, storage: artifacts.TrialStorage | None = None,
-               max_concurrent: int | None = None) -> None:
+               max_concurrent: int | None = None) -> StudySearcher:
     """Run the trials the study still owes (num_samples minus counted) under ASHA, until done or interrupted.
 
-    Ray keeps trial folders and checkpoints in `storage` (default: the study folder's ray/).
+    Ray keeps trial folders and checkpoints in `storage` (default: the study folder's ray/). Returns the
+    searcher, which counts the trials this run trained and those that failed.
     """
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
@@ -178,7 +180,7 @@ def run_search(space: "SearchSpace", study: "optuna.Study", study_dir: Path, dat
     tuner = tune.Tuner(
         trainable,
         tune_config=tune.TuneConfig(search_alg=searcher, scheduler=scheduler, metric=VAL_ACC, mode="max",
-                                    num_samples=-1,
+                                    num_samples=-1, trial_dirname_creator=trial_dirname,
                                     max_concurrent_trials=max_concurrent or b.max_concurrent_trials),
         run_config=tune.RunConfig(
             name=f"run-{time.strftime('%Y%m%d-%H%M%S')}", **storage.ray_storage(),
@@ -190,6 +192,12 @@ def run_search(space: "SearchSpace", study: "optuna.Study", study_dir: Path, dat
         tuner.fit()
     finally:
         searcher.flush_errors()
+    return searcher
+
+
+def trial_dirname(trial: Any) -> str:
+    """trial-<study trial number>-<Ray trial id>: short, and names the study's trial (Ray's default lists the config)."""
+    return f"trial-{trial.config.get('trial')}-{trial.trial_id}"
 
 
 def _stopper(interruption: Interruption) -> Any:

@@ -11,6 +11,7 @@ marks them FAIL(interrupted) and queues them again (record.fail_interrupted).
 from __future__ import annotations
 
 import json
+import re
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
@@ -50,6 +51,8 @@ class StudySearcher(Searcher):
         self.live: dict[str, dict[str, Any]] = {}     # Ray trial id → optuna trial info
         self.errored: dict[str, dict[str, Any]] = {}  # Ray trial id → info, until its error is read
         self.rejected = 0
+        self.trained = 0                               # this run: trials told COMPLETE / PRUNED ...
+        self.failed: list[tuple[int, str]] = []        # ... and FAIL(error), with their messages
 
     def set_search_properties(self, metric, mode, config, **spec) -> bool:
         return True
@@ -163,6 +166,7 @@ class StudySearcher(Searcher):
                    VAL_LOSS: info["last"].get(VAL_LOSS, float("nan"))}
         st.tell_finished(self.study, info["trial"], metrics, int(info["last"].get(EPOCH, 0)),
                          self.space.budget.max_epochs, self._attrs(info))
+        self.trained += 1
 
     def record_error(self, trial_id: str, error: BaseException | None, fallback_text: str | None = None) -> None:
         """FAIL(error) a trial that raised or whose worker died, its traceback saved in the study folder."""
@@ -182,6 +186,7 @@ class StudySearcher(Searcher):
             where = f"the traceback could not be saved to {path} ({e.strerror})"
         st.tell_failed(self.study, info["trial"], "error", f"{message[:1500]} ({where})",
                        {**attrs, st.ERROR_KIND: kind})
+        self.failed.append((number, message))
 
     def flush_errors(self) -> None:
         """Record errored trials whose error event never came (a Tune that skipped on_trial_error)."""
@@ -200,6 +205,10 @@ def describe_failure(error: BaseException | None, fallback_text: str | None = No
     if isinstance(cause, TrialError):
         return cause.kind, cause.message, cause.traceback_text
     if error is not None and type(error).__name__ in ("RayActorError", "ActorDiedError", "ActorUnavailableError"):
+        # A worker that could not start (an import error on its node) carries the Python error in its text.
+        raised = re.findall(r"^(?:\w+\.)*\w+(?:Error|Exception): .*$", str(error), flags=re.M)
+        if raised:
+            return WORKER_DIED, f"the trial's Ray worker failed: {raised[-1].strip()}", str(error)
         return (WORKER_DIED, "the trial's Ray worker process died (killed, or out of host memory)",
                 str(error))
     if error is None:
