@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from ..metrics import MAXIMIZE, MINIMIZE
+from ..ranking import direction_signs, dominance, to_minimization
 
 # Trial states as Optuna names them (TrialState.X.name).
 COMPLETE = "COMPLETE"
@@ -23,59 +23,15 @@ PRUNED = "PRUNED"
 REFERENCE_MARGIN = 1.1
 
 
-def direction_signs(directions: Sequence[Any]) -> np.ndarray:
-    """+1 for each minimised objective, -1 for each maximised one.
-
-    An item may be "maximize"/"minimize" (any case), an `Objective` (anything with a `.direction`),
-    or anything with a `.name` of MAXIMIZE/MINIMIZE (Optuna's `StudyDirection`, without importing Optuna).
-    """
-    signs = []
-    for item in directions:
-        direction = getattr(item, "direction", item)
-        word = str(getattr(direction, "name", direction)).lower()
-        if word not in (MAXIMIZE, MINIMIZE):
-            raise ValueError(f"direction must be {MAXIMIZE!r} or {MINIMIZE!r}, got {direction!r}")
-        signs.append(-1.0 if word == MAXIMIZE else 1.0)
-    return np.asarray(signs, dtype=float)
-
-
-def to_minimization(values: Any, directions: Sequence[Any]) -> np.ndarray:
-    """Values as a float (n, m) array with maximised columns negated; same units otherwise."""
-    signs = direction_signs(directions)
-    points = np.asarray(values, dtype=float)
-    if points.ndim == 1 and points.size == 0:
-        points = points.reshape(0, len(signs))
-    if points.ndim != 2 or points.shape[1] != len(signs):
-        raise ValueError(f"values must have shape (n, {len(signs)}), got {points.shape}")
-    if not np.all(np.isfinite(points)):
-        raise ValueError("values must be finite; drop failed or NaN trials first")
-    return points * signs
-
-
 def _reference_min(reference: Any, directions: Sequence[Any]) -> np.ndarray:
     """A raw reference point in minimisation form."""
     return to_minimization(np.asarray(reference, dtype=float).reshape(1, -1), directions)[0]
 
 
-def _dominance(points: np.ndarray) -> np.ndarray:
-    """(n, n) bool: [i, j] is True when point i dominates point j (minimisation form).
-
-    Dominates = no worse in every objective and better in at least one, so equal points
-    do not dominate each other. Memory O(n²).
-    """
-    n = len(points)
-    no_worse = np.ones((n, n), dtype=bool)
-    better = np.zeros((n, n), dtype=bool)
-    for column in points.T:
-        no_worse &= column[:, None] <= column[None, :]
-        better |= column[:, None] < column[None, :]
-    return no_worse & better
-
-
 def pareto_mask(values: Any, directions: Sequence[Any]) -> np.ndarray:
     """(n,) bool: True for the non-dominated points; duplicates of a front point are all True."""
     points = to_minimization(values, directions)
-    return ~_dominance(points).any(axis=0)
+    return ~dominance(points).any(axis=0)
 
 
 def default_reference(values: Any, objectives: Sequence[Any]) -> np.ndarray:
@@ -134,7 +90,7 @@ def hypervolume(values: Any, directions: Sequence[Any], reference: Any = None) -
     if reference is None:
         reference = default_reference(values, directions)
     ref = _reference_min(reference, directions)
-    return _volume(points[~_dominance(points).any(axis=0)], ref)
+    return _volume(points[~dominance(points).any(axis=0)], ref)
 
 
 def hypervolume_history(values: Any, directions: Sequence[Any], reference: Any) -> np.ndarray:
@@ -165,7 +121,7 @@ def knee_point(values: Any, directions: Sequence[Any]) -> int | None:
     points = to_minimization(values, directions)
     if len(points) == 0:
         return None
-    on_front = np.flatnonzero(~_dominance(points).any(axis=0))
+    on_front = np.flatnonzero(~dominance(points).any(axis=0))
     front = points[on_front]
     low = front.min(axis=0)
     span = front.max(axis=0) - low

@@ -16,6 +16,7 @@ from ..search import record as st
 from ..search.storage import STUDY_DB, check_storage, open_storage, storage_url
 from ..search.io import SPACE_FILE, check_same_space, dump_space, load_space
 from ..search.lock import LOCK_FILE, StudyLease, StudyLock
+from ..search.rungs import describe as describe_rungs
 from ..search.schema import SearchSpace
 from .app import app
 
@@ -86,6 +87,10 @@ def _run(space: SearchSpace, study_dir: Path, storage: str | None, ray_address: 
                     tmp.write_text(dump_space(space))
                     tmp.replace(study_dir / SPACE_FILE)
                 requeued = st.fail_interrupted(study)
+                if not quiet:
+                    b = space.budget
+                    print(f"{space.scheduler} on {', '.join(m for m, _ in space.rung_objectives)}: "
+                          + describe_rungs(b.milestones, b.max_epochs, b.reduction_factor))
                 if requeued and not quiet:
                     print(f"resuming: trials {requeued} were interrupted; they are queued again, to continue "
                           "from their last checkpoints")

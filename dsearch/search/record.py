@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..errors import UserError
-from ..metrics import TRAIN_TIME_S, WALL_TIME_S
+from ..metrics import MACS, PARAMS, TRAIN_TIME_S, WALL_TIME_S
 from .storage import STUDY_DB, db_exists, display_url, open_storage, pick_study, storage_url
 
 if TYPE_CHECKING:
@@ -225,6 +225,37 @@ def _fail_orphan(study: "optuna.Study", frozen: "FrozenTrial", error: str) -> No
     for key, value in {FAIL_REASON: "interrupted", ERROR: error}.items():
         study._storage.set_trial_user_attr(frozen._trial_id, key, value)
     study.tell(frozen.number, state=TrialState.FAIL)
+
+
+def lineages(trials: "list[FrozenTrial]") -> dict[int, int]:
+    """Trial number → the number of the first trial of its line (a requeued trial continues its `requeued_from`)."""
+    parent = {t.number: t.user_attrs.get(REQUEUED_FROM) for t in trials}
+    root: dict[int, int] = {}
+    for n in parent:
+        first, seen = n, set()
+        while parent.get(first) is not None and first not in seen:
+            seen.add(first)
+            first = parent[first]
+        root[n] = first
+    return root
+
+
+def rung_history(study: "optuna.Study") -> list[tuple[int, list[float], dict[str, float]]]:
+    """(line, curve, {params, macs}) of every trial that trained: what the scheduler's rungs are rebuilt from.
+
+    A requeued trial and the one it continues are one line; the longest curve of a line is taken.
+    """
+    trials = study.get_trials(deepcopy=False)
+    root = lineages(trials)
+    best: dict[int, tuple[int, list[float], dict[str, float]]] = {}
+    for t in trials:
+        curve = t.user_attrs.get(CURVE)
+        if not curve or PARAMS not in t.user_attrs:
+            continue
+        line = root[t.number]
+        if line not in best or len(curve) > len(best[line][1]):
+            best[line] = (line, list(curve), {PARAMS: t.user_attrs[PARAMS], MACS: t.user_attrs[MACS]})
+    return [best[k] for k in sorted(best)]
 
 
 def trials_frame(study: "optuna.Study") -> "pd.DataFrame":

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 from pydantic import TypeAdapter, ValidationError
 
 from ..errors import ConfigError, did_you_mean
+from ..metrics import VAL_LOSS
 from .sampling import DESTINATIONS, condition_holds, resolve, same_value
 
 if TYPE_CHECKING:
@@ -37,6 +38,9 @@ def check_space(space: "SearchSpace") -> None:
     for m in metrics:
         if metrics.count(m) > 1:
             raise ValueError(f"objectives: metric {m!r} listed twice")
+    if space.scheduler == "moasha" and VAL_LOSS in metrics:
+        raise ValueError("budget.scheduler: moasha ranks a rung on val_acc, params and macs (what is known at "
+                         "every epoch); with val_loss as an objective use scheduler: asha")
     for key, value in space.fixed.items():
         check_destination(f"fixed.{key}", key)
         check_type(f"fixed.{key}", key, value, "value")

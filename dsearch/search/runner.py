@@ -15,10 +15,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..errors import UserError
-from ..metrics import EPOCH, VAL_ACC
+from ..metrics import EPOCH, MACS, PARAMS, VAL_ACC
 from . import artifacts
-from .searcher import Events, StudySearcher
-from .trainable import train_trial
+from . import record as st
+from .rungs import Rungs
+from .searcher import LINE, Events, StudySearcher
+from .trainable import RESUMED_CURVE, train_trial
 
 if TYPE_CHECKING:
     import optuna
@@ -166,15 +168,15 @@ def run_search(space: "SearchSpace", study: "optuna.Study", study_dir: Path, dat
     searcher, which counts the trials this run trained and those that failed.
     """
     from ray import tune
-    from ray.tune.schedulers import ASHAScheduler
 
     r = space.resources
     threads = max(1, int(r.cpu))
     storage = storage or artifacts.TrialStorage(study_dir / "ray")
     searcher = StudySearcher(space, study, study_dir, threads, interrupted=interruption, storage=storage)
     b = space.budget
-    scheduler = ASHAScheduler(time_attr=EPOCH, max_t=b.max_epochs, grace_period=b.grace_period,
-                              reduction_factor=b.reduction_factor)
+    rungs = Rungs(b.milestones, b.reduction_factor, space.rung_objectives, b.tie_break)
+    rungs.rebuild(st.rung_history(study))      # the decisions of an uninterrupted run, after a kill
+    scheduler = rung_scheduler(rungs, b.max_epochs)
     trainable = tune.with_resources(tune.with_parameters(train_trial, data=data),
                                     {"cpu": r.cpu, "gpu": r.gpu})
     tuner = tune.Tuner(
@@ -193,6 +195,44 @@ def run_search(space: "SearchSpace", study: "optuna.Study", study_dir: Path, dat
     finally:
         searcher.flush_errors()
     return searcher
+
+
+def rung_scheduler(rungs: Rungs, max_epochs: int) -> Any:
+    """A Ray Tune scheduler that stops trials (never pauses them) by the rungs' decisions; see rungs.py."""
+    from ray.tune.schedulers import FIFOScheduler, TrialScheduler
+
+    class RungScheduler(FIFOScheduler):
+        def __init__(self) -> None:
+            super().__init__()
+            self.curves: dict[str, list[float]] = {}      # Ray trial id → val_acc per epoch
+
+        def set_search_properties(self, metric, mode, **spec) -> bool:
+            return True
+
+        def on_trial_result(self, tune_controller, trial, result: dict) -> str:
+            if VAL_ACC not in result or EPOCH not in result:
+                return TrialScheduler.CONTINUE
+            epoch = int(result[EPOCH])
+            curve = self.curves.setdefault(trial.trial_id, [])
+            if RESUMED_CURVE in result and not curve:
+                curve.extend(result[RESUMED_CURVE])
+            curve[:] = (curve + [float("nan")] * epoch)[:epoch - 1] + [result[VAL_ACC]]
+            if epoch >= max_epochs:
+                return TrialScheduler.STOP
+            line = trial.config.get(LINE, trial.config.get("trial"))
+            goes_on = rungs.on_report(line, curve, {PARAMS: result[PARAMS], MACS: result[MACS]})
+            return TrialScheduler.CONTINUE if goes_on else TrialScheduler.STOP
+
+        def on_trial_complete(self, tune_controller, trial, result) -> None:
+            self.curves.pop(trial.trial_id, None)
+
+        def on_trial_remove(self, tune_controller, trial) -> None:
+            self.curves.pop(trial.trial_id, None)
+
+        def debug_string(self) -> str:
+            return f"RungScheduler: {rungs.rungs}"
+
+    return RungScheduler()
 
 
 def trial_dirname(trial: Any) -> str:

@@ -13,9 +13,10 @@ from typing import Annotated, Any, Literal
 from pydantic import Field, StrictInt, field_validator, model_validator
 
 from ..errors import did_you_mean
-from ..metrics import DEFAULT_OBJECTIVES, OBJECTIVE_METRICS, Objective
+from ..metrics import DEFAULT_OBJECTIVES, MAXIMIZE, OBJECTIVE_METRICS, VAL_ACC, Objective
 from ..strict import StrictModel
 from ..training.config import DataConfig
+from .rungs import milestones
 
 
 class SpaceObjective(Objective):
@@ -31,13 +32,22 @@ class SpaceObjective(Objective):
 
 
 class Budget(StrictModel):
-    """Epochs of a full-budget trial, trials in all, and ASHA's rungs (epochs)."""
+    """Epochs of a full-budget trial, trials in all, and the successive-halving scheduler and its rungs.
+
+    scheduler: moasha ranks a rung on every objective (Pareto-aware), asha on val_acc alone; by default
+    moasha when the space has two or more objectives. rungs: the epochs of the rungs; by default
+    grace_period · reduction_factor^k, with no rung where rung × reduction_factor > max_epochs.
+    tie_break: how moasha orders trials inside one front (crowding distance, or an ε-net order).
+    """
 
     max_epochs: int = Field(ge=1)
     num_samples: int = Field(ge=1)
     grace_period: int = Field(1, ge=1)
     reduction_factor: int | float = 3
     max_concurrent_trials: int = Field(1, ge=1)
+    scheduler: Literal["moasha", "asha"] | None = None
+    rungs: list[int] | None = None
+    tie_break: Literal["crowding", "epsilon"] = "crowding"
 
     @model_validator(mode="after")
     def _rungs(self) -> "Budget":
@@ -47,7 +57,17 @@ class Budget(StrictModel):
         if self.grace_period > self.max_epochs:
             raise ValueError(f"grace_period: {self.grace_period} > max_epochs {self.max_epochs} "
                              "(ASHA's first rung must come no later than the full budget)")
+        if self.rungs is not None:
+            if any(b <= a for a, b in zip(self.rungs, self.rungs[1:])) or not all(
+                    1 <= r < self.max_epochs for r in self.rungs):
+                raise ValueError(f"rungs: {self.rungs} must be increasing epochs from 1 to max_epochs - 1 "
+                                 f"({self.max_epochs - 1})")
         return self
+
+    @property
+    def milestones(self) -> list[int]:
+        """The rung epochs (search/rungs.py places them when `rungs` isn't given)."""
+        return milestones(self.max_epochs, self.grace_period, self.reduction_factor, self.rungs)
 
 
 class Resources(StrictModel):
@@ -181,6 +201,18 @@ class SearchSpace(StrictModel):
     def metrics(self) -> list[str]:
         """Objective metric names in order."""
         return [o.metric for o in self.objectives]
+
+    @property
+    def scheduler(self) -> str:
+        """The scheduler this space runs: budget.scheduler, or moasha with two or more objectives."""
+        return self.budget.scheduler or ("moasha" if len(self.objectives) >= 2 else "asha")
+
+    @property
+    def rung_objectives(self) -> list[tuple[str, str]]:
+        """(metric, direction) the scheduler ranks a rung on: every objective (moasha) or val_acc (asha)."""
+        if self.scheduler == "asha":
+            return [(VAL_ACC, MAXIMIZE)]
+        return [(o.metric, o.direction) for o in self.objectives]
 
 
 def _check_range(low: float, high: float, step: float | None, log: bool) -> None:

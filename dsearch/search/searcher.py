@@ -33,6 +33,7 @@ if TYPE_CHECKING:
 
     from .schema import SearchSpace
 
+LINE = "line"                # Ray config key: the first trial of the line a trial continues (rung records)
 TRIALS_DIR = "trials"        # studies/NAME/trials/<number>/ holds what the study keeps per trial
 TRACEBACK_FILE = "traceback.txt"
 
@@ -115,7 +116,9 @@ class StudySearcher(Searcher):
             st.tell_failed(self.study, trial, "over_budget", over, attrs)
             self.rejected += 1
             return None
-        proposal = {"run": run.model_dump(mode="json"), PARAMS: params, MACS: macs, "trial": trial.number}
+        line = st.lineages(self.study.get_trials(deepcopy=False))[old.number] if old is not None else trial.number
+        proposal = {"run": run.model_dump(mode="json"), PARAMS: params, MACS: macs, "trial": trial.number,
+                    LINE: line}
         checkpoint = old.user_attrs.get(st.CHECKPOINT) if old is not None else None
         if checkpoint and artifacts.exists(checkpoint):
             proposal[RESUME_FROM] = attrs[st.CHECKPOINT] = checkpoint
