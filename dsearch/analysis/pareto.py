@@ -13,11 +13,14 @@ from typing import Any
 
 import numpy as np
 
+from ..metrics import MACS, PARAMS
 from ..ranking import direction_signs, dominance, to_minimization
 
 # Trial states as Optuna names them (TrialState.X.name).
 COMPLETE = "COMPLETE"
 PRUNED = "PRUNED"
+
+LOG_SCALED = (PARAMS, MACS)      # normalised on a log scale: they span decades
 
 # Default reference point: a minimised metric's is this factor times its largest value.
 REFERENCE_MARGIN = 1.1
@@ -91,6 +94,40 @@ def hypervolume(values: Any, directions: Sequence[Any], reference: Any = None) -
         reference = default_reference(values, directions)
     ref = _reference_min(reference, directions)
     return _volume(points[~dominance(points).any(axis=0)], ref)
+
+
+def normalization_bounds(values: Any, objectives: Sequence[Any]) -> np.ndarray:
+    """(2, m) lower and upper bounds of each objective over these points, in the normalised space's units
+    (minimisation form; log10 for params and MACs, which span decades). Pass the same bounds to compare
+    several sets of points (several studies, several methods)."""
+    points = _log_scaled(to_minimization(values, objectives), objectives)
+    if len(points) == 0:
+        raise ValueError("normalisation bounds need at least one point")
+    return np.stack([points.min(axis=0), points.max(axis=0)])
+
+
+def normalized_hypervolume(values: Any, objectives: Sequence[Any], bounds: Any = None) -> float:
+    """The hypervolume as a share (0..1) of the box between the best and worst value of each objective.
+
+    Objectives are put in minimisation form, params and MACs log10-scaled, then min-max normalised with
+    `bounds` (default: these points' own, `normalization_bounds`); the reference point is the worst corner
+    (1, …, 1). Unitless, so it compares across studies normalised with the same bounds.
+    """
+    points = _log_scaled(to_minimization(values, objectives), objectives)
+    if len(points) == 0:
+        return 0.0
+    lo, hi = np.asarray(bounds if bounds is not None else normalization_bounds(values, objectives), dtype=float)
+    scaled = (points - lo) / np.where(hi > lo, hi - lo, 1.0)
+    return _volume(scaled[~dominance(scaled).any(axis=0)], np.ones(scaled.shape[1]))
+
+
+def _log_scaled(points: np.ndarray, objectives: Sequence[Any]) -> np.ndarray:
+    """log10 of the columns of metrics that span decades (params, MACs; positive, minimised)."""
+    out = points.copy()
+    for j, o in enumerate(objectives):
+        if getattr(o, "metric", None) in LOG_SCALED:
+            out[:, j] = np.log10(np.maximum(out[:, j], 1e-12))
+    return out
 
 
 def hypervolume_history(values: Any, directions: Sequence[Any], reference: Any) -> np.ndarray:
