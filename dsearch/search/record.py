@@ -51,7 +51,8 @@ def make_sampler(kind: str, seed: int | None) -> "optuna.samplers.BaseSampler":
     import optuna
 
     if kind == "tpe":
-        return optuna.samplers.TPESampler(seed=seed, multivariate=True, n_startup_trials=5)
+        # constant_liar: a running trial counts as a bad one, so concurrent trials don't all sample one spot.
+        return optuna.samplers.TPESampler(seed=seed, multivariate=True, n_startup_trials=5, constant_liar=True)
     if kind == "nsga2":
         return optuna.samplers.NSGAIISampler(seed=seed)
     if kind == "random":
@@ -188,18 +189,32 @@ def set_attrs(trial: "optuna.Trial", attrs: dict[str, Any]) -> None:
         trial.set_user_attr(key, value)
 
 
+REJECTED = ("invalid", "over_budget")    # FAIL reasons of samples refused before training (priced, free)
+
+
 def counted_trials(study: "optuna.Study") -> int:
-    """Trials that use up num_samples: all but WAITING ones and interrupted FAILs."""
+    """Trials that use up num_samples: those that trained or are training, not WAITING ones, not interrupted
+    FAILs (queued again), not samples rejected before training (invalid, over_budget: pricing is free)."""
     from optuna.trial import TrialState
 
     n = 0
     for t in study.get_trials(deepcopy=False):
         if t.state == TrialState.WAITING:
             continue
-        if t.state == TrialState.FAIL and t.user_attrs.get(FAIL_REASON) == "interrupted":
+        if t.state == TrialState.FAIL and t.user_attrs.get(FAIL_REASON) in ("interrupted", *REJECTED):
             continue
         n += 1
     return n
+
+
+def rejected_trials(study: "optuna.Study") -> dict[str, int]:
+    """How many samples were rejected before training, by reason (invalid, over_budget)."""
+    counts = dict.fromkeys(REJECTED, 0)
+    for t in study.get_trials(deepcopy=False):
+        reason = t.user_attrs.get(FAIL_REASON)
+        if reason in counts:
+            counts[reason] += 1
+    return counts
 
 
 def fail_interrupted(study: "optuna.Study") -> list[int]:

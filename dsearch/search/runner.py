@@ -194,6 +194,8 @@ def run_search(space: "SearchSpace", study: "optuna.Study", study_dir: Path, dat
         tuner.fit()
     finally:
         searcher.flush_errors()
+    if searcher.infeasible:
+        raise UserError(searcher.infeasible)
     return searcher
 
 

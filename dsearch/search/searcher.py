@@ -34,6 +34,7 @@ if TYPE_CHECKING:
     from .schema import SearchSpace
 
 LINE = "line"                # Ray config key: the first trial of the line a trial continues (rung records)
+REJECTION_CAP = 10          # × num_samples: samples rejected before training past this end the run
 TRIALS_DIR = "trials"        # studies/NAME/trials/<number>/ holds what the study keeps per trial
 TRACEBACK_FILE = "traceback.txt"
 
@@ -51,7 +52,9 @@ class StudySearcher(Searcher):
         self.interrupted = interrupted
         self.live: dict[str, dict[str, Any]] = {}     # Ray trial id → optuna trial info
         self.errored: dict[str, dict[str, Any]] = {}  # Ray trial id → info, until its error is read
-        self.rejected = 0
+        self.rejected = rejected_before = st.rejected_trials(study)      # by reason, this study's whole life
+        self.sampled = sum(rejected_before.values()) + st.counted_trials(study)
+        self.infeasible: str | None = None                              # why the run stopped sampling
         self.trained = 0                               # this run: trials told COMPLETE / PRUNED ...
         self.failed: list[tuple[int, str]] = []        # ... and FAIL(error), with their messages
 
@@ -77,13 +80,25 @@ class StudySearcher(Searcher):
                 return None
             if st.counted_trials(self.study) >= self.space.budget.num_samples:
                 return Searcher.FINISHED
+            if sum(self.rejected.values()) >= REJECTION_CAP * self.space.budget.num_samples:
+                self.infeasible = self._infeasible()
+                return Searcher.FINISHED
             trial = self.study.ask()
             sampled = suggest(self.space, trial)
+            self.sampled += 1
             proposal = self._propose(trial, sampled)
             if proposal is not None:
                 self.live[trial_id] = {"trial": trial, "start": time.time(), "curve": [], "last": {},
                                        PARAMS: proposal[PARAMS], MACS: proposal[MACS]}
                 return proposal
+
+    def _infeasible(self) -> str:
+        """The error of a space the sampler can rarely draw a trainable trial from."""
+        n = sum(self.rejected.values())
+        why = ", ".join(f"{k} {v}" for k, v in self.rejected.items() if v)
+        return (f"{n} of the {self.sampled} configurations sampled ({n / max(self.sampled, 1):.0%}) were rejected "
+                f"before training ({why}), past the cap of {REJECTION_CAP} × num_samples; widen the constraints "
+                "or narrow params to the feasible part of the space")
 
     def _continued(self, trial: Any) -> Any | None:
         """The interrupted trial this one continues (its `requeued_from`), if any."""
@@ -104,7 +119,7 @@ class StudySearcher(Searcher):
             macs = count_macs(run.model, input_size(run.data))
         except UserError as e:
             st.tell_failed(self.study, trial, "invalid", str(e))
-            self.rejected += 1
+            self.rejected["invalid"] += 1
             return None
         old = self._continued(trial)
         if old is not None:
@@ -114,7 +129,7 @@ class StudySearcher(Searcher):
         over = check_constraints(self.space, run)
         if over:
             st.tell_failed(self.study, trial, "over_budget", over, attrs)
-            self.rejected += 1
+            self.rejected["over_budget"] += 1
             return None
         line = st.lineages(self.study.get_trials(deepcopy=False))[old.number] if old is not None else trial.number
         proposal = {"run": run.model_dump(mode="json"), PARAMS: params, MACS: macs, "trial": trial.number,
