@@ -117,3 +117,24 @@ def test_a_space_almost_all_over_the_constraints_stops_after_ten_times_num_sampl
 
 def test_tpe_treats_running_trials_as_liars():
     assert st.make_sampler("tpe", 0)._constant_liar is True
+
+
+def test_the_rungs_are_rebuilt_from_each_line_of_trials(study):
+    """A requeued trial continues the line of the one it requeues; its longest curve counts, once."""
+    from optuna.distributions import FloatDistribution
+    from optuna.trial import create_trial
+
+    def add(state, number_attrs, values=None):
+        study.add_trial(create_trial(state=state, values=values, params={"x": 0.5},
+                                     distributions={"x": FloatDistribution(0, 1)}, user_attrs=number_attrs))
+
+    fixed = {"params": 5000, "macs": 1e6}
+    add(TrialState.COMPLETE, {"curve": [0.2, 0.5, 0.6], **fixed}, [0.6, 5000, 1e6])          # 0
+    add(TrialState.FAIL, {"curve": [0.3], "fail_reason": "interrupted", "params": 7000, "macs": 2e6})  # 1
+    add(TrialState.FAIL, {"fail_reason": "over_budget", "params": 9e9, "macs": 1})            # 2: never trained
+    add(TrialState.FAIL, {"curve": [0.3, 0.4], "requeued_from": 1, "fail_reason": "interrupted",
+                          "params": 7000, "macs": 2e6})                                        # 3 continues 1
+    add(TrialState.PRUNED, {"curve": [0.3, 0.4, 0.45], "requeued_from": 3, "params": 7000, "macs": 2e6})  # 4
+    assert st.lineages(study.trials) == {0: 0, 1: 1, 2: 2, 3: 1, 4: 1}
+    assert st.rung_history(study) == [(0, [0.2, 0.5, 0.6], fixed),
+                                      (1, [0.3, 0.4, 0.45], {"params": 7000, "macs": 2e6})]
