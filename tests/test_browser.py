@@ -1,4 +1,5 @@
-"""The Pareto HTML in headless Debian chromium: renders offline, no console errors, one SVG marker per point drawn."""
+"""The Pareto HTML in headless Debian chromium: renders offline, no console errors, one SVG marker per point drawn
+(the Pareto pairs, and the rung panels: one marker per full-budget trial and rung)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import pytest
 
 from dsearch.analysis.paper import PaperPoint
 from dsearch.analysis.plots import build_figures, compute_plot_data, objective_pairs, paper_values, render_html
+from dsearch.analysis.report import rung_correlations
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMEDRIVER = Path("/usr/bin/chromedriver")
@@ -63,7 +65,8 @@ def _driver(profile: Path):
 def test_pareto_html_renders_every_point_without_console_errors(tmp_path):
     from selenium.webdriver.support.ui import WebDriverWait
 
-    data = compute_plot_data(small_trials(), paper=PAPER)
+    rungs = rung_correlations(small_trials(), [1, 2], 3)
+    data = compute_plot_data(small_trials(), paper=PAPER, rungs=rungs)
     figures = build_figures(data)
     page = tmp_path / "pareto.html"
     page.write_text(render_html(figures), encoding="utf-8")
@@ -74,6 +77,8 @@ def test_pareto_html_renders_every_point_without_console_errors(tmp_path):
     }
     assert (data.front.trials, data.dominated.trials, data.excluded.trials) == ((0, 2, 4), (1, 3), (5,))
     assert list(expected.values()) == [8, 8, 8]
+    expected["rungs"] = sum(len(r.trials) for r in rungs)  # the 5 COMPLETE trials, in each of 2 panels
+    assert expected["rungs"] == 10 and list(figures)[-1] == "rungs"
 
     driver = _driver(tmp_path / "profile")
     try:

@@ -1,9 +1,10 @@
-"""`dsearch pareto` and `dsearch dashboard` on small hand-made studies: front, hypervolume, CSV, HTML, errors."""
+"""`dsearch pareto` and `dsearch dashboard` on small hand-made studies: front, hypervolume, rungs, CSV, HTML, errors."""
 
 from __future__ import annotations
 
 import csv
 import json
+import math
 import shutil
 import socket
 import subprocess
@@ -13,14 +14,18 @@ import urllib.request
 import warnings
 from pathlib import Path
 
+import numpy as np
 import optuna
+import pandas as pd
 import pytest
 from optuna.distributions import FloatDistribution, IntDistribution
 from optuna.trial import TrialState, create_trial
 
 from dsearch.cli import main
 from dsearch.metrics import Objective
-from dsearch.analysis.report import choose_reference, figure_ids
+from dsearch.analysis.report import (RungCorrelation, average_ranks, build_report, choose_reference,
+                                     figure_ids, rung_correlations, rung_lines, select_objectives, spearman)
+from dsearch.search.io import parse_space
 
 METRICS = ["val_acc", "params", "macs"]
 DIRECTIONS = ["maximize", "minimize", "minimize"]
@@ -150,7 +155,12 @@ def test_two_objective_front_csv_and_hand_computed_hypervolume(two_d):
     ]
     # Reference (default): val_acc 0, params 1.1 × 800,000 = 880,000. Slabs along params:
     #   100k→300k at 0.90: 180,000;  300k→800k at 0.93: 465,000;  800k→880k at 0.95: 76,000  → 721,000.
-    assert "hypervolume: 721000 (val_acc × params) against reference point (val_acc=0, params=880000)" in out
+    assert "\nraw hypervolume: 721000 (val_acc × params) against reference point (val_acc=0, params=880000) " \
+           "[default: 0 for a maximised objective, 1.1 × the largest usable value for a minimised one]\n" in out
+    # As a share of the box between the usable trials' best and worst values: val_acc 0.85..0.95 scaled to
+    # 1..0, log10(params) 5..log10(8e5) to 0..1. Front 0 (0.5, 0), 1 (0.2, log 3 / log 8 = 0.528), 3 (0, 1):
+    #   0.5 × 1 + (0.5 − 0.2) × (1 − 0.528) = 0.6415.
+    assert "\nhypervolume: 64.2% of the box between the study's best and worst values (params on a log scale)\n" in out
     assert "trials: 5 COMPLETE, 1 PRUNED, 2 FAIL (FAIL: 1 invalid, 1 over_budget)" in out
     assert "best val_acc (maximize): 0.9500 (trial 3)" in out
     assert "best params (minimize): 100,000 (trial 0)" in out
@@ -180,15 +190,21 @@ def test_three_objective_front_and_hypervolume(three_d):
     #   40M→50M  {2, 0, 1}:  0.90 × 200k + 0.93 × 580k   = 719,400  × 10M = 7.194e12
     #   50M→66M  all:        721,000 (the 2-D value)                × 16M = 1.1536e13
     #   total 4.45772e13
-    assert "hypervolume: 4.45772e+13 (val_acc × params × macs)" in out
+    assert "raw hypervolume: 4.45772e+13 (val_acc × params × macs)" in out
     assert "reference point (val_acc=0, params=880000, macs=66000000)" in out
+    # Normalised (val_acc 0.95..0.85 → 0..1, log params 1e5..8e5, log MACs 2e6..6e7 → 0..1), the front is
+    # 0 (0.5, 0, 0.473), 1 (0.2, 0.528, 0.881), 2 (0.7, 1/3, 0), 3 (0, 1, 0.946: no volume). Slices along MACs:
+    #   0→0.473 {2}: 0.3 × 2/3 = 0.2;  0.473→0.881 {2, 0}: 0.5;  0.881→1 {2, 0, 1}: 0.5 + 0.3 × 0.472 = 0.6415
+    #   0.2 × 0.473 + 0.5 × 0.408 + 0.6415 × 0.119 = 0.3749.
+    assert "hypervolume: 37.5% of the box between the study's best and worst values (params, MACs on a log scale)" \
+           in out
     assert "best macs (minimize): 2,000,000 (trial 2)" in out
 
 
 def test_html_has_every_plot_div_and_the_papers_networks(three_d):
     page = (three_d[0] / "pareto.html").read_text()
     for div in ("pair-params-val_acc", "pair-macs-val_acc", "pair-macs-params", "front-3d", "learning-curves",
-                "hypervolume"):
+                "hypervolume", "rungs"):
         assert f'id="{div}"' in page
     # cifar10 with augmentation → the C10+ column of Table 2, all six networks.
     for name in ("densenet40_k12", "densenet100_k24", "densenet_bc100_k12", "densenet_bc190_k40"):
@@ -199,11 +215,11 @@ def test_figures_are_saved_for_the_dashboard_once_per_view(three_d, capsys):
     study_dir, out = three_d
     first = dashboard_figures(study_dir)
     keys = ["pair-params-val_acc", "pair-macs-val_acc", "pair-macs-params", "front-3d", "learning-curves",
-            "hypervolume"]
+            "hypervolume", "rungs"]
     objectives = tuple(Objective(metric=m, direction=d) for m, d in zip(METRICS, DIRECTIONS))
     assert sorted(first) == sorted(figure_ids(objectives, False, keys))
     assert "data" in json.loads(first["dsearch.val_acc-params-macs.pair-params-val_acc"])
-    assert "dashboard: 6 figures saved" in out
+    assert "dashboard: 7 figures saved" in out
     # Run again: same ids, overwritten rather than added.
     assert run_pareto(capsys, study_dir)[0] == 0
     assert sorted(dashboard_figures(study_dir)) == sorted(first)
@@ -215,8 +231,9 @@ def test_reference_override_and_output_paths(study_dir, capsys):
                            "--html", str(html_path), "--csv", str(csv_path))
     assert code == 0
     # (300k−100k)(0.90−0.5) + (800k−300k)(0.93−0.5) + (1e6−800k)(0.95−0.5) = 80,000 + 215,000 + 90,000.
-    assert "hypervolume: 385000 (val_acc × params) against reference point (val_acc=0.5, params=1000000) " \
+    assert "raw hypervolume: 385000 (val_acc × params) against reference point (val_acc=0.5, params=1000000) " \
            "[--reference]" in out
+    assert "hypervolume: 64.2% of the box" in out  # the share doesn't depend on the reference point
     assert html_path.exists() and len(read_csv(csv_path)) == 4
     assert not (study_dir / "pareto.html").exists() and not (study_dir / "pareto.csv").exists()
 
@@ -232,8 +249,13 @@ def test_include_partial_adds_pruned_trials_marked_as_such(study_dir, capsys):
 
 def test_without_space_yaml_there_are_no_paper_points(study_dir, capsys):
     (study_dir / "space.yaml").unlink()
-    assert run_pareto(capsys, study_dir, "--objectives", "val_acc,params")[0] == 0
-    assert "densenet_bc100_k12" not in (study_dir / "pareto.html").read_text()
+    code, out = run_pareto(capsys, study_dir, "--objectives", "val_acc,params")
+    assert code == 0
+    page = (study_dir / "pareto.html").read_text()
+    assert "densenet_bc100_k12" not in page
+    # No space, no rungs: the section and its figure are left out.
+    assert "rung" not in out and 'id="rungs"' not in page
+    assert "hypervolume: 64.2% of the box" in out
 
 
 def test_reference_comes_from_the_space_objectives_when_they_have_one():
@@ -250,6 +272,137 @@ def test_reference_comes_from_the_space_objectives_when_they_have_one():
     ref = choose_reference(objectives, values, None, Space)
     assert ref.values == pytest.approx((0.5, 880_000.0)) and "space.yaml" in ref.source
     assert choose_reference(objectives, values, (0.1, 2e6), Space).values == (0.1, 2e6)
+
+
+# --- the hypervolume as a share of the box -------------------------------------------------------
+
+def test_normalized_hypervolume_of_three_hand_made_points(tmp_path, capsys):
+    # val_acc 0.75, 0.6875, 0.5 → 0, 0.25, 1; log10 params 6, 5, 4 → 1, 0.5, 0; log10 MACs 9, 8, 7 → 1, 0.5, 0
+    # (all exact in binary, so the share is exactly 0.1875 and prints as 18.8%).
+    # Normalised points (0, 1, 1), (0.25, 0.5, 0.5), (1, 0, 0): only the middle one has volume, 0.75 × 0.5 × 0.5.
+    trials = [("COMPLETE", 0.75, 1_000_000, 1_000_000_000, 10, 40, 0.1, None),
+              ("COMPLETE", 0.6875, 100_000, 100_000_000, 10, 24, 0.1, None),
+              ("COMPLETE", 0.5, 10_000, 10_000_000, 10, 8, 0.1, None)]
+    study = make_study(tmp_path / "s", trials=trials)
+    report = build_report(study, select_objectives(study, None))
+    assert report.normalized_hypervolume == pytest.approx(0.1875)
+    # The raw one stays in the report, against its reference (0, 1.1e6, 1.1e9). Slices along MACs:
+    #   1e7→1e8 {2}: 0.5 × 1.09e6;  1e8→1e9 {2, 1}: + 0.1875 × 1e6;  1e9→1.1e9 all: + 0.0625 × 0.1e6.
+    assert report.hypervolume == pytest.approx(545_000 * 0.9e8 + 732_500 * 0.9e9 + 738_750 * 0.1e9)
+    assert report.reference.values == pytest.approx((0.0, 1.1e6, 1.1e9))
+    code, out = run_pareto(capsys, tmp_path / "s")
+    assert code == 0
+    assert "\nhypervolume: 18.8% of the box between the study's best and worst values (params, MACs on a log scale)\n" \
+           in out
+
+
+# --- how informative each rung is ---------------------------------------------------------------
+
+def test_spearman_monotone_reversed_ties_and_constant():
+    assert spearman([1, 2, 3, 4, 5], [0.1, 0.5, 0.6, 0.9, 2.0]) == pytest.approx(1.0)
+    assert spearman([1, 2, 3, 4, 5], [9, 7, 5, 3, 1]) == pytest.approx(-1.0)
+    # Ties take the average rank: x → 1, 2.5, 2.5, 4; y → 1, 3, 2, 4. Pearson of the ranks:
+    #   Σ dx dy = 2.25 + 2.25 = 4.5; Σ dx² = 4.5; Σ dy² = 5 → 4.5 / √22.5 = √0.9.
+    assert list(average_ranks([1, 2, 2, 3])) == [1, 2.5, 2.5, 4]
+    assert spearman([1, 2, 2, 3], [1, 3, 2, 4]) == pytest.approx(math.sqrt(0.9))
+    assert math.isnan(spearman([0.5] * 5, [1, 2, 3, 4, 5])) and math.isnan(spearman([1], [2]))
+
+
+def test_spearman_agrees_with_scipy():
+    from scipy.stats import spearmanr
+
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        x, y = rng.integers(0, 6, 12).astype(float), rng.integers(0, 6, 12).astype(float)  # many ties
+        assert spearman(x, y) == pytest.approx(spearmanr(x, y).statistic)
+
+
+# Final val_acc (epoch 4) rises with the trial number: ranks 1..6.
+RUNG_FINAL = [0.60, 0.65, 0.70, 0.75, 0.80, 0.85]
+# Epoch 2: ranks 1, 3, 2, 4, 6, 5 → Σd² = 4, ρ = 1 − 6 · 4 / (6 · 35) = 0.8857.
+RUNG_EPOCH2 = [0.50, 0.52, 0.51, 0.56, 0.58, 0.57]
+# Epoch 1, in tied pairs: ranks 5.5, 3.5, 5.5, 1.5, 3.5, 1.5 against 1..6:
+#   Σ dx dy = −12, Σ dx² = 16, Σ dy² = 17.5 → ρ = −12 / √280 = −0.7171.
+RUNG_EPOCH1 = [0.30, 0.20, 0.30, 0.10, 0.20, 0.10]
+RUNG_SPACE = SPACE_YAML.replace("budget: {max_epochs: 10, num_samples: 8}",
+                                "budget: {max_epochs: 4, num_samples: 8, rungs: [1, 2]}")
+
+
+def make_rung_study(study_dir: Path, full: int = 6) -> optuna.Study:
+    """`full` COMPLETE trials trained 4 epochs (curves above), a PRUNED one and a COMPLETE one short of epoch 4."""
+    study = make_study(study_dir, trials=[], space=False)
+    rows = [("COMPLETE", [RUNG_EPOCH1[i], RUNG_EPOCH2[i], 0.5, RUNG_FINAL[i]]) for i in range(full)]
+    rows += [("PRUNED", [0.9, 0.9]), ("COMPLETE", [0.9, 0.9, 0.9])]
+    for i, (state, curve) in enumerate(rows):
+        values = [curve[-1], 100_000 * (i + 1), 10_000_000 * (i + 1)]
+        attrs = {"epochs_trained": len(curve), "max_epochs": 4, "curve": curve}
+        if state == "PRUNED":
+            attrs.update(last_val_acc=values[0], last_params=values[1], last_macs=values[2])
+        study.add_trial(create_trial(
+            state=TrialState[state], values=values if state == "COMPLETE" else None,
+            params={"model.growth_rate": 12, "train.lr": 0.1}, distributions=DISTRIBUTIONS, user_attrs=attrs))
+    (study_dir / "space.yaml").write_text(RUNG_SPACE)
+    return study
+
+
+def test_rung_correlations_by_hand_from_a_study(tmp_path):
+    study = make_rung_study(tmp_path / "s")
+    report = build_report(study, select_objectives(study, None), space=parse_space(RUNG_SPACE))
+    first, second = report.rungs
+    assert first == RungCorrelation(1, 4, (0, 1, 2, 3, 4, 5), tuple(RUNG_EPOCH1), tuple(RUNG_FINAL),
+                                    pytest.approx(-12 / math.sqrt(280)))
+    assert (second.epoch, second.trials, second.rung_val_acc) == (2, (0, 1, 2, 3, 4, 5), tuple(RUNG_EPOCH2))
+    assert second.spearman == pytest.approx(1 - 24 / 210)
+    assert report.plot.rungs == report.rungs  # the HTML draws the same numbers
+
+
+def test_rung_lines_in_dsearch_pareto(tmp_path, capsys):
+    make_rung_study(tmp_path / "s")
+    code, out = run_pareto(capsys, tmp_path / "s")
+    assert code == 0
+    assert "\nrung at epoch 1: Spearman -0.72 between val_acc there and at epoch 4 (6 full-budget trials) — weakly " \
+           "informative: a larger grace_period (or budget.rungs) would rank on less noise\n" in out
+    assert "\nrung at epoch 2: Spearman 0.89 between val_acc there and at epoch 4 (6 full-budget trials)\n" in out
+    assert 'id="rungs"' in (tmp_path / "s" / "pareto.html").read_text()
+
+
+def test_rungs_need_five_full_budget_trials(tmp_path, capsys):
+    make_rung_study(tmp_path / "s", full=3)
+    code, out = run_pareto(capsys, tmp_path / "s")
+    assert code == 0
+    assert "\nrung at epoch 1: n/a (3 full-budget trials; needs 5)\nrung at epoch 2: n/a (3 full-budget trials; " \
+           "needs 5)\n" in out
+
+
+def test_rung_correlations_skip_rungs_at_or_past_max_epochs_and_short_curves():
+    frame = pd.DataFrame({
+        "trial": [0, 1, 2, 3, 4, 5, 6, 7],
+        "state": ["COMPLETE"] * 5 + ["PRUNED", "COMPLETE", "FAIL"],
+        "curve": [[0.1, 0.2, 0.3], [0.2, 0.3, 0.4], [0.3, 0.4, 0.5], [0.4, 0.5, 0.6], [0.5, 0.5, 0.5],
+                  [0.9, 0.9], [0.9, 0.9], []],
+    })
+    rungs = rung_correlations(frame, [2, 1, 3, 5], 3)
+    assert [r.epoch for r in rungs] == [1, 2]
+    assert rungs[0].trials == (0, 1, 2, 3, 4) and rungs[0].final_val_acc == (0.3, 0.4, 0.5, 0.6, 0.5)
+    # Epoch 1 ranks 1..5 against final ranks 1, 2, 3.5, 5, 3.5: Σ dx dy = 8, Σ dx² = 10, Σ dy² = 9.5.
+    assert rungs[0].spearman == pytest.approx(8 / math.sqrt(95))
+    # Every COMPLETE trial at 0.5 after epoch 1: no ranking there, so n/a (not 0, not NaN).
+    constant = rung_correlations(frame.assign(curve=[[0.5, 0.1 * i, 0.2 * i] for i in range(8)]), [1], 3)
+    assert constant[0].trials == (0, 1, 2, 3, 4, 6) and constant[0].spearman is None
+
+
+def test_rung_lines_wording():
+    def rung(epoch, n, rho):
+        return RungCorrelation(epoch, 90, tuple(range(n)), (0.5,) * n, (0.9,) * n, rho)
+
+    assert rung_lines([rung(10, 8, 0.8123), rung(30, 8, 0.31), rung(10, 1, None), rung(30, 6, None)]) == [
+        "rung at epoch 10: Spearman 0.81 between val_acc there and at epoch 90 (8 full-budget trials)",
+        "rung at epoch 30: Spearman 0.31 between val_acc there and at epoch 90 (8 full-budget trials) — weakly "
+        "informative: a larger grace_period (or budget.rungs) would rank on less noise",
+        "rung at epoch 10: n/a (1 full-budget trial; needs 5)",
+        "rung at epoch 30: n/a (all 6 full-budget trials have the same val_acc there or at epoch 90)",
+    ]
+    assert rung_lines([]) == []
 
 
 # --- dashboard figures ----------------------------------------------------------------------------
@@ -325,6 +478,11 @@ def test_no_complete_trial_suggests_include_partial(tmp_path, capsys):
                           "no COMPLETE trial", "1 PRUNED, 2 FAIL", "--include-partial")
     assert snapshot(tmp_path / "s") == before
     assert main(["pareto", str(tmp_path / "s"), "--include-partial"]) == 0
+    out = capsys.readouterr().out
+    # One usable trial (PRUNED 4) spans no box; no COMPLETE trial reaches epoch 10, so no rung is measured.
+    assert "\nhypervolume: n/a as a share of the box between the study's best and worst values " \
+           "(1 usable trial; needs 2)\n" in out
+    assert "rung at epoch 1: n/a (0 full-budget trials; needs 5)" in out
 
 
 def test_errors_have_no_traceback_in_a_real_process(tmp_path):

@@ -19,6 +19,7 @@ from dsearch.analysis.plots import (
     compute_plot_data,
     render_html,
 )
+from dsearch.analysis.report import RungCorrelation
 
 PAPER = (PaperPoint("densenet_bc100_k12", 0.9549, 769_162, 287_929_692),)
 
@@ -155,6 +156,40 @@ def test_html_embeds_plotlyjs_once_and_needs_no_cdn(tmp_path):
     for key in ("pair-params-val_acc", "front-3d", "learning-curves", "hypervolume"):
         assert f'id="{key}"' in html
     assert render_html({}, "empty").count("<section") == 0
+
+
+def sample_rungs() -> tuple[RungCorrelation, ...]:
+    """Rungs at epochs 1 and 2 of sample_trials' full-budget trials (max_epochs 4), the second n/a."""
+    return (RungCorrelation(1, 4, (0, 1, 3, 5, 7), (0.5, 0.6, 0.4, 0.7, 0.3), (0.9, 0.93, 0.88, 0.95, 0.8), 0.8123),
+            RungCorrelation(2, 4, (0, 1, 3), (0.7, 0.8, 0.6), (0.9, 0.93, 0.88), None))
+
+
+def test_rungs_figure_one_panel_per_rung_titled_with_spearman():
+    data = compute_plot_data(sample_trials(), rungs=sample_rungs())
+    assert data.rungs == sample_rungs()
+    figures = build_figures(data)
+    assert list(figures)[-1] == "rungs" and len(figures) == 7
+    rungs = figures["rungs"]
+    assert [t.type for t in rungs.data] == ["scatter", "scatter"]
+    first, second = rungs.data
+    assert list(first.x) == [0.5, 0.6, 0.4, 0.7, 0.3] and list(first.y) == [0.9, 0.93, 0.88, 0.95, 0.8]
+    assert list(first.customdata) == [0, 1, 3, 5, 7] and list(second.customdata) == [0, 1, 3]
+    assert first.text[0] == "<b>trial 0</b><br>val_acc at epoch 1: 0.5000<br>val_acc at epoch 4: 0.9000"
+    assert [a.text for a in rungs.layout.annotations] == ["rung at epoch 1: Spearman 0.81 (5 trials)",
+                                                         "rung at epoch 2: Spearman n/a (3 trials)"]
+    assert (first.xaxis, second.xaxis) == ("x", "x2")  # side by side
+    assert rungs.layout.xaxis2.title.text == "val_acc at epoch 2"
+    assert rungs.layout.yaxis.title.text == "val_acc at epoch 4"
+
+
+def test_rungs_wrap_after_three_panels_and_no_figure_without_trials():
+    many = tuple(RungCorrelation(e, 9, (0, 1), (0.5, 0.6), (0.8, 0.9), None) for e in (1, 2, 3, 4))
+    rungs = build_figures(compute_plot_data(sample_trials(), rungs=many))["rungs"]
+    assert [t.xaxis for t in rungs.data] == ["x", "x2", "x3", "x4"]
+    assert rungs.layout.xaxis4.domain == rungs.layout.xaxis.domain  # second row, first column
+    empty = (RungCorrelation(1, 4, (), (), (), None),)
+    assert "rungs" not in build_figures(compute_plot_data(sample_trials(), rungs=empty))
+    assert "rungs" not in build_figures(compute_plot_data(sample_trials()))
 
 
 # --- the paper's reference points (Table 2, priced by dsearch.net.cost) ------------------------

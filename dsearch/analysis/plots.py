@@ -8,6 +8,9 @@ The trials DataFrame (one row per trial) has columns `trial` (int), `state`
 ("COMPLETE" / "PRUNED"; other states are ignored), one column per objective,
 `epochs_trained` (int), `curve` (list of val_acc per epoch, or None), optionally
 `max_epochs`, and the searched parameters as dotted columns (`model.growth_rate`, ...).
+
+How well each rung ranks the full-budget trials (report.rung_correlations) comes in as plain data too,
+like the paper's points, and is drawn as one scatter per rung (val_acc there against the final one).
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from typing import Any, NamedTuple
 import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
+from plotly.subplots import make_subplots
 
 from ..metrics import DEFAULT_OBJECTIVES, MACS, PARAMS, VAL_ACC, Objective
 from .pareto import (
@@ -90,6 +94,8 @@ class PlotData(NamedTuple):
     knee: int | None        # trial number
     curves: tuple[CurveData, ...]
     history: HistoryData
+    # RungCorrelation-like: .epoch, .final_epoch, .trials, .rung_val_acc, .final_val_acc, .spearman (None: n/a)
+    rungs: tuple[Any, ...] = ()
 
 
 def axis_label(name: str) -> str:
@@ -155,11 +161,13 @@ def compute_plot_data(
     paper: Sequence[Any] = (),
     include_partial: bool = False,
     params: Sequence[str] | None = None,
+    rungs: Sequence[Any] = (),
 ) -> PlotData:
     """The front, dominated and excluded trials, knee, front learning curves and hypervolume history.
 
     reference: raw units, None for `default_reference` over the usable trials (no
     hypervolume when there are none). params: hover columns, None for the dotted ones.
+    rungs: report.RungCorrelation-like, passed through to the rung figure.
     """
     objectives = tuple(objectives)
     params = parameter_columns(trials) if params is None else list(params)
@@ -193,6 +201,7 @@ def compute_plot_data(
         knee=None if knee is None else int(usable["trial"].iloc[knee]),
         curves=curves,
         history=history,
+        rungs=tuple(rungs),
     )
 
 
@@ -339,8 +348,44 @@ def build_history_figure(data: PlotData) -> go.Figure:
     return fig
 
 
+RUNGS_PER_ROW = 3
+
+
+def _rung_title(rung: Any) -> str:
+    rho = "n/a" if rung.spearman is None else f"{rung.spearman:.2f}"
+    return f"rung at epoch {rung.epoch}: Spearman {rho} ({len(rung.trials)} trials)"
+
+
+def build_rungs_figure(data: PlotData) -> go.Figure:
+    """Per rung, val_acc at the rung (x) against val_acc at the full budget (y), one marker per full-budget
+    trial; each panel titled with the rung's Spearman rank correlation."""
+    rungs = data.rungs
+    cols = min(RUNGS_PER_ROW, len(rungs))
+    rows = math.ceil(len(rungs) / cols)
+    fig = make_subplots(rows=rows, cols=cols, subplot_titles=[_rung_title(r) for r in rungs],
+                        horizontal_spacing=0.08, vertical_spacing=0.25 / rows)
+    for i, rung in enumerate(rungs):
+        row, col = divmod(i, cols)
+        fig.add_trace(go.Scatter(
+            x=list(rung.rung_val_acc), y=list(rung.final_val_acc), mode="markers", name=f"epoch {rung.epoch}",
+            marker=dict(size=8, color=_COLORS[DOMINATED], line=dict(width=0.5, color="#333333")),
+            customdata=list(rung.trials), showlegend=False, hoverinfo="text",
+            text=[f"<b>trial {t}</b><br>val_acc at epoch {rung.epoch}: {x:.4f}<br>"
+                  f"val_acc at epoch {rung.final_epoch}: {y:.4f}"
+                  for t, x, y in zip(rung.trials, rung.rung_val_acc, rung.final_val_acc)],
+        ), row=row + 1, col=col + 1)
+        fig.update_xaxes(title_text=f"val_acc at epoch {rung.epoch}", row=row + 1, col=col + 1)
+        fig.update_yaxes(title_text=f"val_acc at epoch {rung.final_epoch}", row=row + 1, col=col + 1)
+    fig.update_layout(
+        title="How well each rung ranks the full-budget trials (Spearman rank correlation with the final val_acc)",
+        template="plotly_white", hovermode="closest", height=max(560, 420 * rows),
+    )
+    return fig
+
+
 def build_figures(data: PlotData) -> dict[str, go.Figure]:
-    """All figures keyed by a stable id (also the HTML div id): pair-X-Y..., front-3d, learning-curves, hypervolume."""
+    """All figures keyed by a stable id (also the HTML div id): pair-X-Y..., front-3d, learning-curves,
+    hypervolume, and rungs when some rung has a full-budget trial to draw."""
     figures = {}
     for x, y in objective_pairs(data.objectives):
         figures[f"pair-{data.objectives[x].metric}-{data.objectives[y].metric}"] = build_pair_figure(data, x, y)
@@ -348,6 +393,8 @@ def build_figures(data: PlotData) -> dict[str, go.Figure]:
         figures["front-3d"] = build_3d_figure(data)
     figures["learning-curves"] = build_curves_figure(data)
     figures["hypervolume"] = build_history_figure(data)
+    if any(r.trials for r in data.rungs):
+        figures["rungs"] = build_rungs_figure(data)
     return figures
 
 

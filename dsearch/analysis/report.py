@@ -1,7 +1,8 @@
 """A study's full-budget front as a report: the table, the summary lines, CSV, HTML and dashboard figures.
 
 The front, hypervolume and knee come from pareto.py / plots.py; this module reads the trials,
-checks the options that choose objectives and the reference point, and writes the outputs.
+checks the options that choose objectives and the reference point, measures how well each rung's
+val_acc ranks the full-budget trials (Spearman), and writes the outputs.
 `dsearch pareto` (cli/pareto.py) checks everything before it writes anything.
 """
 
@@ -10,13 +11,16 @@ from __future__ import annotations
 import html
 import math
 from pathlib import Path
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, NamedTuple
+
+import numpy as np
 
 from ..errors import UserError
 from ..metrics import MACS, PARAMS, VAL_ACC, Objective
 from ..search.io import SPACE_FILE
-from ..search.record import EPOCHS_TRAINED, FAIL_REASON, MAX_EPOCHS, trials_frame
-from .pareto import PRUNED, default_reference, hypervolume
+from ..search.record import CURVE, EPOCHS_TRAINED, FAIL_REASON, MAX_EPOCHS, trials_frame
+from .pareto import COMPLETE, LOG_SCALED, PRUNED, default_reference, hypervolume, normalized_hypervolume
 
 if TYPE_CHECKING:
     import optuna
@@ -33,6 +37,9 @@ HTML_FILE = "pareto.html"
 STATE_ORDER = ("COMPLETE", "PRUNED", "FAIL", "RUNNING", "WAITING")
 COUNT_METRICS = (PARAMS, MACS)  # whole numbers: written without ".0"
 _ARROWS = {"maximize": "↑", "minimize": "↓"}
+_NAMES = {MACS: "MACs"}  # how the summary lines name a metric in prose
+MIN_RUNG_TRIALS = 5      # full-budget trials a rung's Spearman correlation needs
+WEAK_RUNG = 0.5          # a rung whose Spearman correlation is below this is called weakly informative
 
 
 class Reference(NamedTuple):
@@ -42,8 +49,30 @@ class Reference(NamedTuple):
     source: str
 
 
+class RungCorrelation(NamedTuple):
+    """How well val_acc at a rung's epoch ranks the full-budget trials as their final val_acc does.
+
+    trials, rung_val_acc and final_val_acc: the COMPLETE trials whose curve reaches final_epoch (max_epochs),
+    by trial number. spearman: None (n/a) with fewer than MIN_RUNG_TRIALS of them, or when either side is
+    constant.
+    """
+
+    epoch: int
+    final_epoch: int
+    trials: tuple[int, ...]
+    rung_val_acc: tuple[float, ...]
+    final_val_acc: tuple[float, ...]
+    spearman: float | None
+
+
 class Report(NamedTuple):
-    """What `dsearch pareto` prints and writes; front rows are in CSV column order, sorted by params."""
+    """What `dsearch pareto` prints and writes; front rows are in CSV column order, sorted by params.
+
+    hypervolume is the raw one (product of the objectives' units, against `reference`);
+    normalized_hypervolume its share (0..1) of the box between the usable trials' best and worst values
+    (pareto.normalized_hypervolume; None with fewer than 2 usable trials). rungs: one per rung epoch below
+    max_epochs, empty when the study has no stored space.
+    """
 
     study_name: str
     objectives: tuple[Objective, ...]
@@ -55,7 +84,9 @@ class Report(NamedTuple):
     usable: int
     reference: Reference
     hypervolume: float
+    normalized_hypervolume: float | None
     best: dict[str, tuple[int, float]]
+    rungs: tuple[RungCorrelation, ...]
     plot: "PlotData"
 
 
@@ -129,6 +160,50 @@ def choose_reference(objectives: tuple[Objective, ...], usable_values: Any, over
     return Reference(values, f"from {SPACE_FILE} where given, else the default")
 
 
+def average_ranks(values: Any) -> np.ndarray:
+    """1-based ranks of a 1-D array; tied values share the average of the ranks they span (1, 2.5, 2.5, 4)."""
+    _, inverse, counts = np.unique(np.asarray(values, dtype=float), return_inverse=True, return_counts=True)
+    ends = np.cumsum(counts)
+    return (ends - (counts - 1) / 2.0)[inverse.reshape(-1)]
+
+
+def spearman(x: Any, y: Any) -> float:
+    """Spearman rank correlation of two equal-length 1-D sequences (Pearson's r of their average ranks).
+
+    NaN when either side is constant or there are fewer than two pairs (no ranking to compare).
+    """
+    x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
+    if x.ndim != 1 or x.shape != y.shape:
+        raise ValueError(f"spearman needs two 1-D sequences of one length, got shapes {x.shape} and {y.shape}")
+    if len(x) < 2:
+        return math.nan
+    rx, ry = average_ranks(x), average_ranks(y)
+    rx, ry = rx - rx.mean(), ry - ry.mean()
+    scale = math.sqrt(float(np.sum(rx * rx)) * float(np.sum(ry * ry)))
+    if scale == 0.0:
+        return math.nan
+    return float(np.clip(np.sum(rx * ry) / scale, -1.0, 1.0))
+
+
+def rung_correlations(frame: "pd.DataFrame", milestones: Sequence[int], max_epochs: int) -> tuple[RungCorrelation, ...]:
+    """Per rung epoch r < max_epochs: Spearman between curve[r - 1] and curve[max_epochs - 1] over the
+    COMPLETE trials whose curve reaches max_epochs (None with fewer than MIN_RUNG_TRIALS, or constant)."""
+    curves = frame[CURVE] if CURVE in frame else [None] * len(frame)
+    full = sorted((int(t), [float(v) for v in c]) for t, s, c in zip(frame["trial"], frame["state"], curves)
+                  if s == COMPLETE and isinstance(c, (list, tuple, np.ndarray)) and len(c) >= max_epochs)
+    out = []
+    for r in sorted({int(m) for m in milestones}):
+        if not 1 <= r < max_epochs:
+            continue
+        pairs = [(t, c[r - 1], c[max_epochs - 1]) for t, c in full
+                 if math.isfinite(c[r - 1]) and math.isfinite(c[max_epochs - 1])]
+        trials, at_rung, final = (tuple(z) for z in zip(*pairs)) if pairs else ((), (), ())
+        rho = spearman(at_rung, final) if len(pairs) >= MIN_RUNG_TRIALS else math.nan
+        out.append(RungCorrelation(r, int(max_epochs), trials, at_rung, final,
+                                   None if math.isnan(rho) else rho))
+    return tuple(out)
+
+
 def _int_keys(study: "optuna.Study") -> set[str]:
     """Searched keys sampled from integer distributions (their column is float once NaN is mixed in)."""
     from optuna.distributions import IntDistribution
@@ -167,6 +242,7 @@ def build_report(study: "optuna.Study", objectives: tuple[Objective, ...], inclu
     values = usable[names].to_numpy(dtype=float)
     ref = choose_reference(objectives, values, reference, space)
     paper = paper_points(space.data.name, space.data.augment) if space is not None else []
+    rungs = rung_correlations(frame, space.budget.milestones, space.budget.max_epochs) if space is not None else ()
     metrics = tuple(study.metric_names or names)
     params = tuple(sorted(parameter_columns(frame)))
     best = {}
@@ -177,8 +253,10 @@ def build_report(study: "optuna.Study", objectives: tuple[Objective, ...], inclu
         study_name=study.study_name, objectives=objectives, metrics=metrics, param_keys=params,
         counts=counts, fail_reasons=reasons,
         front=_front_rows(frame, status == FRONT, metrics, params, _int_keys(study)),
-        usable=len(usable), reference=ref, hypervolume=hypervolume(values, objectives, ref.values), best=best,
-        plot=compute_plot_data(frame, objectives, ref.values, paper, include_partial),
+        usable=len(usable), reference=ref, hypervolume=hypervolume(values, objectives, ref.values),
+        normalized_hypervolume=normalized_hypervolume(values, objectives) if len(values) >= 2 else None,
+        best=best, rungs=rungs,
+        plot=compute_plot_data(frame, objectives, ref.values, paper, include_partial, rungs=rungs),
     )
 
 
@@ -226,8 +304,39 @@ def front_table(report: Report, include_partial: bool = False) -> "Table":
     return table
 
 
+def hypervolume_line(report: Report) -> str:
+    """The hypervolume as a share of the box between the usable trials' best and worst values."""
+    logs = [_NAMES.get(o.metric, o.metric) for o in report.objectives if o.metric in LOG_SCALED]
+    box = "of the box between the study's best and worst values"
+    if report.normalized_hypervolume is None:
+        return f"hypervolume: n/a as a share {box} ({report.usable} usable trial; needs 2)"
+    scale = f" ({', '.join(logs)} on a log scale)" if logs else ""
+    return f"hypervolume: {report.normalized_hypervolume:.1%} {box}{scale}"
+
+
+def rung_lines(rungs: Sequence[RungCorrelation]) -> list[str]:
+    """One line per rung: the Spearman correlation of its val_acc with the final one, or why it is n/a."""
+    lines = []
+    for rung in rungs:
+        n = len(rung.trials)
+        count = f"{n} full-budget trial{'' if n == 1 else 's'}"
+        head = f"rung at epoch {rung.epoch}:"
+        if n < MIN_RUNG_TRIALS:
+            lines.append(f"{head} n/a ({count}; needs {MIN_RUNG_TRIALS})")
+        elif rung.spearman is None:
+            lines.append(f"{head} n/a (all {count} have the same val_acc there or at epoch {rung.final_epoch})")
+        else:
+            line = (f"{head} Spearman {rung.spearman:.2f} between val_acc there and at epoch {rung.final_epoch} "
+                    f"({count})")
+            if rung.spearman < WEAK_RUNG:
+                line += " — weakly informative: a larger grace_period (or budget.rungs) would rank on less noise"
+            lines.append(line)
+    return lines
+
+
 def summary_lines(report: Report) -> list[str]:
-    """Trials by state, hypervolume beside its reference point, best per objective, knee point."""
+    """Trials by state, hypervolume (share of the box, then raw beside its reference point), best per
+    objective, knee point, and how informative each rung is."""
     states = ", ".join(f"{n} {s}" for s, n in report.counts.items())
     if report.fail_reasons:
         states += " (FAIL: " + ", ".join(f"{n} {r}" for r, n in report.fail_reasons.items()) + ")"
@@ -236,7 +345,8 @@ def summary_lines(report: Report) -> list[str]:
     ref = ", ".join(f"{o.metric}={v:.10g}" for o, v in zip(report.objectives, report.reference.values))
     lines = [
         f"trials: {states}",
-        f"hypervolume: {report.hypervolume:.6g} ({units}) against reference point ({ref}) "
+        hypervolume_line(report),
+        f"raw hypervolume: {report.hypervolume:.6g} ({units}) against reference point ({ref}) "
         f"[{report.reference.source}]",
     ]
     for o in report.objectives:
@@ -247,7 +357,7 @@ def summary_lines(report: Report) -> list[str]:
         at = ", ".join(f"{o.metric} {format_cell(o.metric, row[o.metric])}" for o in report.objectives)
         lines.append(f"knee point: trial {report.plot.knee} ({at}): nearest the ideal point, "
                      "each objective scaled to [0, 1] over the front")
-    return lines
+    return lines + rung_lines(report.rungs)
 
 
 def make_console() -> "Console":

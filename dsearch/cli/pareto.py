@@ -1,5 +1,9 @@
 """`dsearch pareto`: print a study's full-budget front and summary, write CSV and HTML, save dashboard figures.
 
+The summary gives the hypervolume as a share of the box between the study's best and worst values (and the
+raw one against its reference point), and, when the study has its space, how well each rung's val_acc ranks
+the full-budget trials (Spearman rank correlation with the final val_acc).
+
 Everything is checked before anything is written, and the one write into the study (the dashboard
 figures, as study system attrs) comes last and only while no `dsearch run` holds the study's lock.
 
@@ -90,12 +94,12 @@ def pareto(
     html: Optional[Path] = typer.Option(None, "--html", help="plots as HTML (default: STUDY_DIR/pareto.html, "
                                                              "or studies/NAME/pareto.html with --storage alone)"),
     reference: Optional[str] = typer.Option(
-        None, "--reference", help="hypervolume reference point, comma list in objective order (raw units; "
-                                  "default: space.yaml's, else 0 / 1.1 × the largest)"),
+        None, "--reference", help="reference point of the raw hypervolume, comma list in objective order (raw "
+                                  "units; default: space.yaml's, else 0 / 1.1 × the largest)"),
     include_partial: bool = typer.Option(False, "--include-partial",
                                          help="add PRUNED trials at their last epoch"),
     storage: Optional[str] = typer.Option(None, "--storage", help=STORAGE_HELP),
     study: Optional[str] = typer.Option(None, "--study", help=STUDY_HELP),
 ) -> None:
-    """The Pareto front of full-budget trials: table, hypervolume, CSV, HTML, dashboard figures."""
+    """The Pareto front of full-budget trials: table, hypervolume, rung correlations, CSV, HTML, dashboard figures."""
     pareto_command(study_dir, storage, objectives, csv, html, reference, include_partial, study)
