@@ -143,11 +143,11 @@ class StudySearcher(Searcher):
     def on_trial_result(self, trial_id: str, result: dict) -> None:
         info = self.live.get(trial_id)
         if info is not None and self._take(info, result):
-            # Where it runs, from its first report (a resumed trial's first report already holds several epochs).
-            where = {} if info.get("where") else {k: result.get(k) for k in (NODE, NODE_IP, NODE_ID, WORKER_PID)}
-            info["where"] = True
-            st.set_attrs(info["trial"], {st.CURVE: info["curve"], st.EPOCHS_TRAINED: result.get(EPOCH, 0),
-                                         **where})
+            attrs = {st.CURVE: info["curve"], st.EPOCHS_TRAINED: result.get(EPOCH, 0)}
+            if not info.get("where_saved"):
+                attrs.update(info["where"])
+                info["where_saved"] = True
+            st.set_attrs(info["trial"], attrs)
 
     @staticmethod
     def _take(info: dict, result: dict | None) -> bool:
@@ -160,11 +160,13 @@ class StudySearcher(Searcher):
             return False
         info["curve"].append(result[VAL_ACC])
         info["last"] = result
+        # Where it runs, from its first report: a trial stopped at that report is told without on_trial_result.
+        info.setdefault("where", {k: result.get(k) for k in (NODE, NODE_IP, NODE_ID, WORKER_PID)})
         return True
 
     def _attrs(self, info: dict) -> dict[str, Any]:
         last = info["last"]
-        return {st.CURVE: info["curve"], WALL_TIME_S: time.time() - info["start"],
+        return {**info.get("where", {}), st.CURVE: info["curve"], WALL_TIME_S: time.time() - info["start"],
                 st.EPOCHS_TRAINED: last.get(EPOCH, 0), TRAIN_TIME_S: last.get(TRAIN_TIME_S, 0.0),
                 IMAGES_PER_S: last.get(IMAGES_PER_S, 0.0), PEAK_MEMORY_BYTES: last.get(PEAK_MEMORY_BYTES, 0)}
 
