@@ -61,6 +61,7 @@ def test_a_search_on_a_two_node_cluster_with_s3_storage_survives_a_killed_driver
         # Trials would save checkpoints in the driver's studies/NAME/ray, which the worker node can't see.
         refused = _dsearch(["run", space, "--study-dir", tmp_path / "local", *cluster_args], env)
         assert refused.returncode == 2, refused.stderr
+        print(f"\nrefused: {refused.stderr.strip()}")
         assert refused.stderr.count("\n") == 1 and refused.stderr.startswith("dsearch: error: the default trial "
                                                                             f"storage {tmp_path / 'local' / 'ray'}")
         assert f"node {cluster.worker_ip} " in refused.stderr and "Pass --storage-path" in refused.stderr

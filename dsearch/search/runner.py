@@ -122,7 +122,8 @@ def check_storage_visible(location: str, default: bool) -> None:
         return
     node, why = blind[0]
     what = "the default trial storage" if default else "--storage-path"
-    where = f"node {node['NodeManagerAddress']} (one of {len(blind)} of the cluster's {len(nodes)} nodes)"
+    others = f" and {len(blind) - 1} other{'s' * (len(blind) > 2)}" if len(blind) > 1 else ""
+    where = f"node {node['NodeManagerAddress']}{others} (of the cluster's {len(nodes)} nodes)"
     if artifacts.is_uri(location):
         raise UserError(f"{what} {artifacts.describe(location)}: {where} can't read it ({why}); give every node "
                         "the store's credentials and network access")
