@@ -1,9 +1,11 @@
-"""The search through the real Ray Tune path (local Ray, num_cpus=2): states, attrs, resume, cluster."""
+"""The search through the real Ray Tune path (local Ray, num_cpus=2): states, attrs, failures, resume.
+
+Clusters (--ray-address, --storage-path) are tested on a real two-node cluster in test_cluster.py.
+"""
 
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -153,37 +155,6 @@ def test_killed_driver_resumes_with_interrupted_trials_requeued(tmp_path, reques
     assert sum(t.state == TrialState.COMPLETE for t in study.trials) == 3
     if backend == "postgresql":
         assert optuna.get_all_study_names(url) == ["other", "tiny"]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def test_search_on_a_separate_ray_head_through_ray_address(tmp_path):
-    port = _free_port()
-    ray = str(Path(sys.executable).with_name("ray"))
-    # Ray ≥ 2.59 turns token auth on for `ray start` when ~/.ray/auth_token exists but doesn't send it
-    # from ray.init(address=...) (ray-project/ray#64755); this loopback test cluster runs without it.
-    env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
-    head = subprocess.Popen([ray, "start", "--head", "--block", "--num-cpus", "2", "--port", str(port),
-                             "--node-ip-address", "127.0.0.1", "--include-dashboard", "false",
-                             "--disable-usage-stats"], env=env, start_new_session=True,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        proc = dsearch("run", write_space(tmp_path, num=2), "--study-dir", tmp_path / "s", "--quiet",
-                       "--ray-address", f"127.0.0.1:{port}", env=env)
-        assert proc.returncode == 0, proc.stderr
-        study = optuna.load_study(study_name="tiny", storage=f"sqlite:///{tmp_path}/s/study.db")
-        assert sum(t.state == TrialState.COMPLETE for t in study.trials) >= 1
-    finally:
-        os.killpg(head.pid, signal.SIGTERM)      # this head only, not other Ray instances
-        try:
-            head.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(head.pid, signal.SIGKILL)
-            head.wait()
 
 
 def test_a_gpu_space_on_a_cpu_cluster_fails_at_once_with_the_override(tmp_path):
