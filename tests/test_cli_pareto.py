@@ -294,6 +294,15 @@ def test_normalized_hypervolume_of_three_hand_made_points(tmp_path, capsys):
     assert code == 0
     assert "\nhypervolume: 18.8% of the box between the study's best and worst values (params, MACs on a log scale)\n" \
            in out
+    # --json keeps both numbers for machines: the raw one with its reference, and the share.
+    import json
+
+    assert main(["pareto", str(tmp_path / "s"), "--json", str(tmp_path / "summary.json")]) == 0
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["hypervolume"]["share"] == pytest.approx(0.1875)
+    assert summary["hypervolume"]["raw"] == pytest.approx(report.hypervolume)
+    assert summary["hypervolume"]["reference"] == pytest.approx([0.0, 1.1e6, 1.1e9])
+    assert summary["trials"] == {"COMPLETE": 3} and [r["trial"] for r in summary["front"]] == [2, 1, 0]
 
 
 # --- how informative each rung is ---------------------------------------------------------------

@@ -377,6 +377,25 @@ def csv_text(report: Report) -> str:
     return report.front.to_csv(index=False)
 
 
+def json_text(report: Report) -> str:
+    """The summary as JSON: counts, the raw hypervolume with its reference, its share of the study's box, the
+    best trial per objective, the knee, each rung's Spearman correlation, and the front's rows."""
+    import json
+
+    summary = {
+        "study": report.study_name, "objectives": [o.model_dump() for o in report.objectives],
+        "trials": report.counts, "fail_reasons": report.fail_reasons, "usable": report.usable,
+        "hypervolume": {"raw": report.hypervolume, "reference": [float(v) for v in report.reference.values],
+                        "reference_source": report.reference.source, "share": report.normalized_hypervolume},
+        "best": {m: {"trial": t, "value": v} for m, (t, v) in report.best.items()},
+        "knee": report.plot.knee,
+        "rungs": [{"epoch": r.epoch, "final_epoch": r.final_epoch, "trials": len(r.trials), "spearman": r.spearman}
+                  for r in report.rungs],
+        "front": json.loads(report.front.to_json(orient="records")),
+    }
+    return json.dumps(summary, indent=2) + "\n"
+
+
 def html_text(figures: dict[str, "go.Figure"], title: str) -> str:
     """The figures as one self-contained page (plots.render_html)."""
     from .plots import render_html

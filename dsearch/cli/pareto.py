@@ -21,9 +21,8 @@ from typing import Optional
 import typer
 
 from ..analysis.report import (CSV_FILE, HTML_FILE, Report, build_report, csv_text, figure_ids, front_table, html_text,
-                               make_console,
-                               parse_reference, save_dashboard_figures, select_objectives, summary_lines,
-                               write_files)
+                               json_text, make_console, parse_reference, save_dashboard_figures, select_objectives,
+                               summary_lines, write_files)
 from ..search.io import open_study_with_space
 from ..search.lock import StudyLease, StudyLock
 from ..search.storage import display_url, storage_url
@@ -49,7 +48,8 @@ def study_args(study_dir: Path | None, storage: str | None, study_name: str) -> 
 
 def pareto_command(study_dir: Path | None, storage: str | None = None, objectives: str | None = None,
                    csv: Path | None = None, html_path: Path | None = None, reference: str | None = None,
-                   include_partial: bool = False, study_name: str | None = None) -> Report:
+                   include_partial: bool = False, study_name: str | None = None,
+                   json_path: Path | None = None) -> Report:
     """Print the front and its summary, write CSV and HTML, save the figures for the dashboard."""
     from ..analysis.plots import build_figures
 
@@ -66,8 +66,10 @@ def pareto_command(study_dir: Path | None, storage: str | None = None, objective
 
     figures = build_figures(report.plot)
     title = f"dsearch Pareto front: {report.study_name} ({', '.join(o.metric for o in chosen)})"
-    html_out, csv_out = write_files([("--html", html_path or out_dir / HTML_FILE, html_text(figures, title)),
-                                     ("--csv", csv or out_dir / CSV_FILE, csv_text(report))])
+    html_out, csv_out, *json_out = write_files(
+        [("--html", html_path or out_dir / HTML_FILE, html_text(figures, title)),
+         ("--csv", csv or out_dir / CSV_FILE, csv_text(report))]
+        + ([("--json", json_path, json_text(report))] if json_path else []))
     holder = StudyLock(out_dir).holder()
     lease = StudyLease(storage_url(study_dir, storage), study.study_name).holder() if storage else None
     if holder is not None or lease is not None:
@@ -81,6 +83,8 @@ def pareto_command(study_dir: Path | None, storage: str | None = None, objective
                       f"(`dsearch dashboard {study_args(study_dir, storage, study.study_name)}`)")
     console.print(f"HTML: {html_out}")
     console.print(f"CSV: {csv_out}")
+    if json_out:
+        console.print(f"JSON: {json_out[0]}")
     return report
 
 
@@ -100,6 +104,8 @@ def pareto(
                                          help="add PRUNED trials at their last epoch"),
     storage: Optional[str] = typer.Option(None, "--storage", help=STORAGE_HELP),
     study: Optional[str] = typer.Option(None, "--study", help=STUDY_HELP),
+    json_path: Optional[Path] = typer.Option(None, "--json", help="also write the summary as JSON here (raw and "
+                                                                  "normalised hypervolume, rungs, front)"),
 ) -> None:
     """The Pareto front of full-budget trials: table, hypervolume, rung correlations, CSV, HTML, dashboard figures."""
-    pareto_command(study_dir, storage, objectives, csv, html, reference, include_partial, study)
+    pareto_command(study_dir, storage, objectives, csv, html, reference, include_partial, study, json_path)
