@@ -230,8 +230,10 @@ def _running(url: str, epochs: int = 1):
 
 
 def test_a_killed_ray_worker_fails_its_trial_and_the_search_goes_on(tmp_path):
+    # 50 steps an epoch: the victim is still training when its worker is killed (400 images raced on a quiet machine).
     space, study_dir = write_space(tmp_path, num=2, text=LONG.replace("max_epochs: 40", "max_epochs: 6")
-                                   .replace("grace_period: 40", "grace_period: 6")), tmp_path / "s"
+                                   .replace("grace_period: 40", "grace_period: 6")
+                                   .replace("synthetic_size: 400", "synthetic_size: 1600")), tmp_path / "s"
     url = f"sqlite:///{study_dir}/study.db"
     proc = _start(space, study_dir)
     try:
