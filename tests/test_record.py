@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import math
-import warnings
 
-import optuna
 import pytest
 from optuna.trial import TrialState
 
@@ -13,16 +11,12 @@ from dsearch.search import record as st
 from dsearch.search.searcher import describe_failure
 from dsearch.search.trainable import TrialError, error_kind
 from dsearch.training.loop import TrainingDiverged
+from studies import new_study
 
 
 @pytest.fixture
 def study():
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    s = optuna.create_study(directions=["maximize", "minimize", "minimize"])
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        s.set_metric_names(["val_acc", "params", "macs"])
-    return s
+    return new_study()
 
 
 def test_full_budget_is_complete_and_a_stopped_trial_is_pruned(study):
@@ -138,3 +132,13 @@ def test_the_rungs_are_rebuilt_from_each_line_of_trials(study):
     assert st.lineages(study.trials) == {0: 0, 1: 1, 2: 2, 3: 1, 4: 1}
     assert st.rung_history(study) == [(0, [0.2, 0.5, 0.6], fixed),
                                       (1, [0.3, 0.4, 0.45], {"params": 7000, "macs": 2e6})]
+
+
+def test_a_report_folds_into_the_curve_once_and_a_resumed_one_brings_its_earlier_epochs():
+    from dsearch.search.trainable import RESUMED_CURVE, extend_curve
+
+    curve: list[float] = []
+    assert extend_curve(curve, {"epoch": 3, "val_acc": 0.5, RESUMED_CURVE: [0.1, 0.3]}) and curve == [0.1, 0.3, 0.5]
+    assert not extend_curve(curve, {"epoch": 3, "val_acc": 0.5})      # the same epoch again: nothing new
+    assert not extend_curve(curve, {"epoch": 4}) and not extend_curve(curve, None)   # no val_acc: not a report
+    assert extend_curve(curve, {"epoch": 4, "val_acc": 0.6, RESUMED_CURVE: [9.9]}) and curve == [0.1, 0.3, 0.5, 0.6]

@@ -113,10 +113,9 @@ def load_model(path: str | Path, device: "str | torch.device" = "cpu") -> "torch
 
     folder = str(path)
     config_file, model_file = artifacts.join(folder, CONFIG_FILE), artifacts.join(folder, MODEL_FILE)
-    for f in (config_file, model_file):
+    for name, f in ((CONFIG_FILE, config_file), (MODEL_FILE, model_file)):
         if not artifacts.exists(f):
-            raise UserError(f"{artifacts.describe(folder)}: no {Path(f.split('?')[0]).name} (expected a folder "
-                            "written by `dsearch export`)")
+            raise UserError(f"{artifacts.describe(folder)}: no {name} (expected a folder written by `dsearch export`)")
     config = json.loads(artifacts.read_bytes(config_file))
     weights = load_checkpoint(io.BytesIO(artifacts.read_bytes(model_file)))
     return build_loaded(config["model"], weights, artifacts.describe(model_file)).to(device)

@@ -48,7 +48,8 @@ def run_command(space_path: Path, study_dir: Path | None, storage: str | None, r
         check_storage(storage)         # a bad URL or a missing driver: one line, before Ray starts
     study_dir = Path(study_dir or Path("studies") / space.name)
     # A --storage-path holds many studies: each keeps its trials in its own folder there.
-    trials = artifacts.TrialStorage(artifacts.join(storage_path, space.name) if storage_path else study_dir / "ray")
+    trials = (artifacts.TrialStorage(artifacts.join(storage_path, space.name)) if storage_path
+              else artifacts.TrialStorage.of_study(study_dir))
     stored = study_dir / SPACE_FILE
     if stored.exists():
         check_same_space(space, stored)

@@ -72,6 +72,11 @@ def relative_to_root(root_path: str, path: str) -> str:
 class TrialStorage:
     """The storage of one search: Ray's storage_path (+ filesystem for a URI), and checkpoint locations."""
 
+    @classmethod
+    def of_study(cls, study_dir: str | Path) -> "TrialStorage":
+        """The default: the study folder's ray/ (right on one machine; a cluster needs a --storage-path)."""
+        return cls(Path(study_dir) / "ray")
+
     def __init__(self, location: str | Path) -> None:
         self.location = str(location)
         self.remote = is_uri(self.location)

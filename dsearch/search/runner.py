@@ -15,12 +15,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..errors import UserError
-from ..metrics import EPOCH, MACS, PARAMS, VAL_ACC
+from ..metrics import MACS, PARAMS, VAL_ACC
 from . import artifacts
 from . import record as st
 from .rungs import Rungs
 from .searcher import LINE, Events, StudySearcher
-from .trainable import RESUMED_CURVE, train_trial
+from .trainable import extend_curve, train_trial
 
 if TYPE_CHECKING:
     import optuna
@@ -161,18 +161,17 @@ class Interruption:
 
 
 def run_search(space: "SearchSpace", study: "optuna.Study", study_dir: Path, data: Any, view: Any,
-               interruption: Interruption, storage: artifacts.TrialStorage | None = None,
+               interruption: Interruption, storage: artifacts.TrialStorage,
                max_concurrent: int | None = None) -> StudySearcher:
     """Run the trials the study still owes (num_samples minus counted) under ASHA, until done or interrupted.
 
-    Ray keeps trial folders and checkpoints in `storage` (default: the study folder's ray/). Returns the
+    Ray keeps trial folders and checkpoints in `storage` (TrialStorage.of_study: the study folder's ray/). Returns the
     searcher, which counts the trials this run trained and those that failed.
     """
     from ray import tune
 
     r = space.resources
     threads = max(1, int(r.cpu))
-    storage = storage or artifacts.TrialStorage(study_dir / "ray")
     searcher = StudySearcher(space, study, study_dir, threads, interrupted=interruption, storage=storage)
     b = space.budget
     rungs = Rungs(b.milestones, b.reduction_factor, space.rung_objectives, b.tie_break)
@@ -213,14 +212,10 @@ def rung_scheduler(rungs: Rungs, max_epochs: int) -> Any:
             return True
 
         def on_trial_result(self, tune_controller, trial, result: dict) -> str:
-            if VAL_ACC not in result or EPOCH not in result:
-                return TrialScheduler.CONTINUE
-            epoch = int(result[EPOCH])
             curve = self.curves.setdefault(trial.trial_id, [])
-            if RESUMED_CURVE in result and not curve:
-                curve.extend(result[RESUMED_CURVE])
-            curve[:] = (curve + [float("nan")] * epoch)[:epoch - 1] + [result[VAL_ACC]]
-            if epoch >= max_epochs:
+            if not extend_curve(curve, result):
+                return TrialScheduler.CONTINUE        # no new epoch: nothing to decide
+            if len(curve) >= max_epochs:
                 return TrialScheduler.STOP
             line = trial.config.get(LINE, trial.config.get("trial"))
             goes_on = rungs.on_report(line, curve, {PARAMS: result[PARAMS], MACS: result[MACS]})

@@ -25,8 +25,8 @@ from ..metrics import (EPOCH, IMAGES_PER_S, MACS, PARAMS, PEAK_MEMORY_BYTES, TRA
 from . import artifacts
 from . import record as st
 from .sampling import check_constraints, input_size, resolve, suggest
-from .trainable import (CHECKPOINT_FILE, EXCEPTION, NODE, NODE_ID, NODE_IP, RESUME_FROM, RESUMED_CURVE, WORKER_DIED,
-                        WORKER_PID, TrialError)
+from .trainable import (CHECKPOINT_FILE, EXCEPTION, NODE, NODE_ID, NODE_IP, RESUME_FROM, WORKER_DIED,
+                        WORKER_PID, TrialError, extend_curve)
 
 if TYPE_CHECKING:
     import optuna
@@ -48,12 +48,11 @@ class StudySearcher(Searcher):
         super().__init__(metric=VAL_ACC, mode="max")
         self.space, self.study, self.num_threads = space, study, num_threads
         self.study_dir = Path(study_dir).resolve()
-        self.storage = storage or artifacts.TrialStorage(self.study_dir / "ray")
+        self.storage = storage or artifacts.TrialStorage.of_study(self.study_dir)
         self.interrupted = interrupted
         self.live: dict[str, dict[str, Any]] = {}     # Ray trial id → optuna trial info
         self.errored: dict[str, dict[str, Any]] = {}  # Ray trial id → info, until its error is read
-        self.rejected = rejected_before = st.rejected_trials(study)      # by reason, this study's whole life
-        self.sampled = sum(rejected_before.values()) + st.counted_trials(study)
+        self.rejected = st.rejected_trials(study)      # by reason, this study's whole life
         self.infeasible: str | None = None                              # why the run stopped sampling
         self.trained = 0                               # this run: trials told COMPLETE / PRUNED ...
         self.failed: list[tuple[int, str]] = []        # ... and FAIL(error), with their messages
@@ -85,7 +84,6 @@ class StudySearcher(Searcher):
                 return Searcher.FINISHED
             trial = self.study.ask()
             sampled = suggest(self.space, trial)
-            self.sampled += 1
             proposal = self._propose(trial, sampled)
             if proposal is not None:
                 self.live[trial_id] = {"trial": trial, "start": time.time(), "curve": [], "last": {},
@@ -95,8 +93,9 @@ class StudySearcher(Searcher):
     def _infeasible(self) -> str:
         """The error of a space the sampler can rarely draw a trainable trial from."""
         n = sum(self.rejected.values())
+        sampled = n + st.counted_trials(self.study)
         why = ", ".join(f"{k} {v}" for k, v in self.rejected.items() if v)
-        return (f"{n} of the {self.sampled} configurations sampled ({n / max(self.sampled, 1):.0%}) were rejected "
+        return (f"{n} of the {sampled} configurations sampled ({n / max(sampled, 1):.0%}) were rejected "
                 f"before training ({why}), past the cap of {REJECTION_CAP} × num_samples; widen the constraints "
                 "or narrow params to the feasible part of the space")
 
@@ -152,13 +151,8 @@ class StudySearcher(Searcher):
     @staticmethod
     def _take(info: dict, result: dict | None) -> bool:
         """Fold one report into the trial's record; True if it was a new epoch."""
-        if not result or VAL_ACC not in result:
+        if not extend_curve(info["curve"], result):
             return False
-        if RESUMED_CURVE in result and not info["curve"]:
-            info["curve"] = list(result[RESUMED_CURVE])
-        if result.get(EPOCH, 0) <= len(info["curve"]):
-            return False
-        info["curve"].append(result[VAL_ACC])
         info["last"] = result
         # Where it runs, from its first report: a trial stopped at that report is told without on_trial_result.
         info.setdefault("where", {k: result.get(k) for k in (NODE, NODE_IP, NODE_ID, WORKER_PID)})

@@ -12,7 +12,7 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-from ..metrics import EPOCH_TIME, MACS, PARAMS, PEAK_MEMORY_BYTES, TRAIN_TIME_S, VAL_ACC
+from ..metrics import EPOCH, EPOCH_TIME, MACS, PARAMS, PEAK_MEMORY_BYTES, TRAIN_TIME_S, VAL_ACC
 from ..training.config import RunConfig
 
 CHECKPOINT_FILE = "checkpoint.pt"
@@ -46,6 +46,21 @@ def error_kind(exc: BaseException) -> str:
     if isinstance(exc, MemoryError) or type(exc).__name__ == "OutOfMemoryError" or "out of memory" in text:
         return OUT_OF_MEMORY
     return EXCEPTION
+
+
+def extend_curve(curve: list[float], result: dict | None) -> bool:
+    """Fold a report into a trial's val_acc curve, in place; True if it is a new epoch.
+
+    A resumed trial's first report also brings the epochs its checkpoint holds (RESUMED_CURVE).
+    """
+    if not result or VAL_ACC not in result:
+        return False
+    if RESUMED_CURVE in result and not curve:
+        curve.extend(result[RESUMED_CURVE])
+    if result.get(EPOCH, 0) <= len(curve):
+        return False
+    curve.append(result[VAL_ACC])
+    return True
 
 
 def train_trial(config: dict, data: Any = None) -> None:
