@@ -11,7 +11,6 @@ import subprocess
 import sys
 import time
 import urllib.request
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -26,9 +25,8 @@ from dsearch.metrics import Objective
 from dsearch.analysis.report import (RungCorrelation, average_ranks, build_report, choose_reference,
                                      figure_ids, rung_correlations, rung_lines, select_objectives, spearman)
 from dsearch.search.io import parse_space
+from studies import DIRECTIONS, METRICS, new_study
 
-METRICS = ["val_acc", "params", "macs"]
-DIRECTIONS = ["maximize", "minimize", "minimize"]
 DISTRIBUTIONS = {"model.growth_rate": IntDistribution(8, 48), "train.lr": FloatDistribution(0.01, 0.3, log=True)}
 MAX_EPOCHS = 10
 SPACE_YAML = """\
@@ -68,12 +66,7 @@ def add_trial(study, state, acc, params, macs, epochs, k, lr, reason):
 
 def make_study(study_dir: Path, trials=TRIALS, space: bool = True) -> optuna.Study:
     study_dir.mkdir(parents=True, exist_ok=True)
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = optuna.create_study(study_name="toy", directions=DIRECTIONS,
-                                storage=f"sqlite:///{study_dir / 'study.db'}")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        study.set_metric_names(METRICS)
+    study = new_study("toy", f"sqlite:///{study_dir / 'study.db'}")
     for t in trials:
         add_trial(study, *t)
     if space:

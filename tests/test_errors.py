@@ -20,12 +20,10 @@ import struct
 import subprocess
 import sys
 import time
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import optuna
 import pytest
 import torch
 from optuna.distributions import IntDistribution
@@ -34,6 +32,7 @@ from optuna.trial import TrialState, create_trial
 from dsearch.cli import main
 from dsearch.net.model import build_model
 from dsearch.training.config import RunConfig
+from studies import new_study
 
 SPACE = """\
 name: tiny
@@ -71,12 +70,7 @@ def truncate(path: Path, keep: float = 0.5) -> None:
 def make_study(study_dir: Path, checkpoints: dict[int, str]) -> None:
     """A hand-made study as `dsearch run` leaves it: study.db (3 COMPLETE trials, checkpoints as given), space.yaml."""
     study_dir.mkdir(parents=True)
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = optuna.create_study(study_name="tiny", directions=["maximize", "minimize", "minimize"],
-                                storage=f"sqlite:///{study_dir / 'study.db'}")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        study.set_metric_names(["val_acc", "params", "macs"])
+    study = new_study("tiny", f"sqlite:///{study_dir / 'study.db'}")
     for number, (acc, params) in enumerate([(0.5, 2666), (0.6, 4000), (0.4, 1500)]):
         attrs = {"epochs_trained": 1, "max_epochs": 1, "curve": [acc],
                  "config": json.dumps(RUN.model_dump(mode="json"))}

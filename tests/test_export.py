@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import json
-import warnings
 
-import optuna
 import pytest
 import torch
 from optuna.distributions import IntDistribution
@@ -15,6 +13,7 @@ import dsearch
 from dsearch.cli import main
 from dsearch.training.config import RunConfig
 from dsearch.net.model import build_model
+from studies import new_study
 
 # The smallest DenseNet-BC (one layer per block) on 8×8 synthetic images: ~2.7k params, CPU-instant.
 RUN = RunConfig(model=dict(variant="densenet-bc", depth=10, growth_rate=4),
@@ -43,12 +42,7 @@ def study(tmp_path_factory):
     model = build_model(RUN.model)
     # As train.fit writes it: the state_dict under "model", beside optimizer state, epoch, ...
     torch.save({"model": model.state_dict(), "epoch": 2, "history": []}, study_dir / "ckpt" / "0.pt")
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    s = optuna.create_study(study_name="s", directions=["maximize", "minimize", "minimize"],
-                            storage=f"sqlite:///{study_dir / 'study.db'}")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        s.set_metric_names(["val_acc", "params", "macs"])
+    s = new_study("s", f"sqlite:///{study_dir / 'study.db'}")
     add_trial(s, TrialState.COMPLETE, "ckpt/0.pt")
     add_trial(s, TrialState.FAIL, config=None, fail_reason="invalid", epochs_trained=0)
     add_trial(s, TrialState.COMPLETE, study_dir / "ckpt" / "gone.pt")
@@ -126,7 +120,7 @@ def test_export_and_load_model_read_checkpoints_and_folders_in_an_object_store(s
         ckpt = artifacts.join(s3.uri("bkt", "runs"), "tiny/run-1/t0/checkpoint_000002/checkpoint.pt")
         put(ckpt, (study_dir / "ckpt" / "0.pt").read_bytes())
         url = f"sqlite:///{tmp_path / 'study.db'}"
-        s = optuna.create_study(study_name="s3", directions=["maximize", "minimize", "minimize"], storage=url)
+        s = new_study("s3", url)
         add_trial(s, TrialState.COMPLETE, ckpt)
         add_trial(s, TrialState.COMPLETE, artifacts.join(s3.uri("bkt", "runs"), "tiny/gone/checkpoint.pt"))
         out = tmp_path / "best"
