@@ -103,3 +103,52 @@ def test_pareto_html_renders_every_point_without_console_errors(tmp_path):
     assert severe == []
     assert counts == expected
     assert screenshot.stat().st_size > 10_000
+
+
+def test_reuse_html_of_a_quickstart_sized_trained_network_draws_one_heatmap_per_block(tmp_path):
+    """The quickstart's seed network (DenseNet-BC L=16 k=8, 1×28×28, 10 classes) after one short epoch."""
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    from dsearch.analysis.reuse import FIGURE_ID, write_reuse
+    from dsearch.training.config import DataConfig, RunConfig, TrainConfig
+    from dsearch.training.data import load_data
+    from dsearch.training.loop import fit
+
+    fashion = Path("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz").exists()
+    data = (DataConfig(name="fashion_mnist", val_size=100, train_subset=128, val_subset=50) if fashion else
+            DataConfig(name="synthetic", synthetic_channels=1, synthetic_image_size=28, synthetic_size=128,
+                       val_size=50))
+    run = RunConfig(model=dict(variant="densenet-bc", depth=16, growth_rate=8, compression=0.5), data=data,
+                    train=TrainConfig(epochs=1, batch_size=32, device="cpu"))   # 4 SGD steps
+    assert (run.model.in_channels, run.model.num_classes, run.model.block_layers) == (1, 10, (2, 2, 2))
+    model = fit(run, load_data(run.data)).model.cpu().eval()
+    _, page, result = write_reuse(model, tmp_path, "reuse")
+    ids = [FIGURE_ID.format(b.block) for b in result.blocks]
+    assert ids == ["reuse-block-1", "reuse-block-2", "reuse-block-3"]
+
+    driver = _driver(tmp_path / "profile")
+    try:
+        driver.set_page_load_timeout(20)
+        driver.get(page.as_uri())
+        rendered = "return Array.from(arguments[0]).every(id => document.getElementById(id)?._fullLayout)"
+        WebDriverWait(driver, 15).until(lambda d: d.execute_script(rendered, ids))
+        heatmaps = driver.execute_script(
+            "return Array.from(arguments[0]).map(id => document.querySelectorAll(`#${id} .heatmaplayer image`)"
+            ".length)", ids)
+        traces = driver.execute_script(
+            "return Array.from(document.querySelectorAll('.js-plotly-plot'))"
+            ".filter(d => d.data.some(t => t.type === 'heatmap')).length")
+        findings = driver.execute_script("return document.getElementById('reuse-findings').innerText")
+        artifacts = Path(os.environ.get("DSEARCH_ARTIFACTS") or tmp_path)
+        artifacts.mkdir(parents=True, exist_ok=True)
+        screenshot = artifacts / "reuse.png"
+        driver.save_screenshot(str(screenshot))
+        print(f"screenshot: {screenshot}")
+        severe = [entry for entry in driver.get_log("browser") if entry["level"] == "SEVERE"]
+    finally:
+        driver.quit()
+
+    assert severe == []
+    assert heatmaps == [1, 1, 1] and traces == len(result.blocks) == 3
+    assert "transition row:" in findings and "classifier focus:" in findings
+    assert screenshot.stat().st_size > 10_000
