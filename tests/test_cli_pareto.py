@@ -267,6 +267,68 @@ def test_reference_comes_from_the_space_objectives_when_they_have_one():
     assert choose_reference(objectives, values, (0.1, 2e6), Space).values == (0.1, 2e6)
 
 
+# --- what the study says: importance and the seed recipe ---------------------------------------------
+
+def test_a_small_study_says_importance_is_na_and_has_no_seed(three_d):
+    study_dir, out = three_d
+    assert "\nwhat the study says:\n  no seed trial (a space's seed_trials are queued first)\n" \
+           "  importance: n/a (needs ≥ 10 COMPLETE trials, this study has 5)\n" in out
+    assert "importance (PED-ANOVA" not in out   # the n/a line is said once
+    page = (study_dir / "pareto.html").read_text()
+    assert 'id="summary"' in page and "importance: n/a (needs ≥ 10 COMPLETE trials, this study has 5)" in page
+    assert 'id="importance"' not in page
+
+
+def importance_study(study_dir: Path) -> optuna.Study:
+    """A seed trial (0: k 10, lr 0.1, val_acc 0.90 at 100,000 params), then 12 COMPLETE trials whose val_acc
+    is set by lr alone (0.95 at lr 0.05, 0.1 less per decade away) and params by k alone (1000 k²), MACs all
+    equal, plus PRUNED and rejected trials that must not count."""
+    study = make_study(study_dir, trials=[])
+    study.enqueue_trial({"model.growth_rate": 10, "train.lr": 0.1})
+    seed = study.ask(DISTRIBUTIONS)
+    for key, value in {"epochs_trained": MAX_EPOCHS, "max_epochs": MAX_EPOCHS, "curve": [0.9] * 10}.items():
+        seed.set_user_attr(key, value)
+    study.tell(seed, [0.9, 100_000, 10_000_000])
+    for i, k in enumerate([8, 10, 13, 16, 19, 22, 25, 28, 31, 34, 37, 40]):
+        lr = 0.01 * 30 ** (((i * 5) % 12) / 11)           # lr spread over 0.01..0.3, in no order of k
+        acc = 0.95 - 0.1 * abs(math.log10(lr / 0.05))
+        add_trial(study, "COMPLETE", acc, 1000 * k * k, 10_000_000, MAX_EPOCHS, k, lr, None)
+    add_trial(study, "PRUNED", 0.99, 100_000, 1_000, 3, 10, 0.3, None)
+    add_trial(study, "FAIL", None, None, None, 0, 48, 0.01, "over_budget")
+    return study
+
+
+def test_dsearch_pareto_prints_importance_and_what_the_study_says(tmp_path, capsys):
+    importance_study(tmp_path / "s")
+    code, out = run_pareto(capsys, tmp_path / "s", "--json", str(tmp_path / "summary.json"))
+    assert code == 0
+    lines = out.splitlines()
+    start = lines.index("importance (PED-ANOVA over 13 COMPLETE full-budget trials: how the top 5 of each objective "
+                        "differ from all; shares sum to 1):")
+    assert lines[start + 1].startswith("  val_acc: train.lr ")
+    assert lines[start + 2].startswith("  params: model.growth_rate ")
+    assert lines[start + 3] == "  macs: constant (the same in all 13 trials)"
+    assert lines[start + 4:start + 6] == [
+        "what the study says:",
+        # Trial 2 (k 10) is the only other one within ±10 % of 100,000 params: lr 0.01 · 30^(5/11) = 0.04693,
+        # val_acc 0.95 − 0.1 · |log10(0.04693 / 0.05)| = 0.94724.
+        "  seed trial 0: val_acc 0.9000 at epoch 10 (100,000 params); best full-budget trial within ±10% of its "
+        "params: trial 2, val_acc 0.9472 at epoch 10 (100,000 params), +0.0472; it differs in train.lr 0.1 → 0.04693"]
+    assert lines[start + 6].startswith("  what matters for val_acc: train.lr ")
+    assert lines[start + 7].startswith("  what matters for params: model.growth_rate ")
+    assert lines[start + 8] == "  macs: constant over the COMPLETE trials"
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    importance = summary["importance"]
+    assert (importance["method"], importance["trials"], importance["top_trials"]) == ("PED-ANOVA", 13, 5)
+    assert max(importance["objectives"]["val_acc"], key=importance["objectives"]["val_acc"].get) == "train.lr"
+    assert sum(importance["objectives"]["params"].values()) == pytest.approx(1.0)
+    assert importance["objectives"]["macs"] == "constant"
+    assert [(s["trial"], s["best_similar"]["trial"]) for s in summary["seeds"]] == [(0, 2)]
+    page = (tmp_path / "s" / "pareto.html").read_text()
+    assert "what the study says:" in page and page.index('id="importance"') < page.index('id="rungs"')
+    assert "dashboard: 8 figures saved" in out   # the 7 of test_figures_are_saved_for_the_dashboard + importance
+
+
 # --- the hypervolume as a share of the box -------------------------------------------------------
 
 def test_normalized_hypervolume_of_three_hand_made_points(tmp_path, capsys):

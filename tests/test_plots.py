@@ -19,6 +19,7 @@ from dsearch.analysis.plots import (
     compute_plot_data,
     render_html,
 )
+from dsearch.analysis.importance import Importance, StudyImportance
 from dsearch.analysis.report import RungCorrelation
 
 PAPER = (PaperPoint("densenet_bc100_k12", 0.9549, 769_162, 287_929_692),)
@@ -126,6 +127,17 @@ def test_pair_figure_draws_front_dominated_pruned_and_paper_as_svg_markers():
     assert pair.layout.annotations[0].text == "knee: trial 1"
 
 
+def test_paper_points_are_labelled_as_test_error_and_hover_as_test_accuracy():
+    figures = build_figures(compute_plot_data(sample_trials(), paper=PAPER))
+    paper = figures["pair-params-val_acc"].data[-1]
+    assert paper.name == "paper, test error (Huang et al. 2017)"
+    assert paper.hovertemplate == ("<b>%{text}</b> (Huang et al. 2017)<br>params: %{x:,}<br>test accuracy: "
+                                   "%{y:.4f} (the paper's test set, not a validation split)<extra>paper</extra>")
+    assert "test accuracy" not in figures["pair-macs-params"].data[-1].hovertemplate  # no accuracy drawn there
+    three_d = figures["front-3d"].data[-1]
+    assert three_d.name == "paper, test error (Huang et al. 2017)" and "test accuracy: %{z:.4f}" in three_d.hovertemplate
+
+
 def test_macs_axis_is_labelled_and_log_scaled_when_it_spans_100x():
     pair = build_figures(compute_plot_data(sample_trials()))["pair-macs-params"]
     assert pair.layout.xaxis.title.text == "MACs (multiply-accumulates, batch 1)"
@@ -190,6 +202,43 @@ def test_rungs_wrap_after_three_panels_and_no_figure_without_trials():
     empty = (RungCorrelation(1, 4, (), (), (), None),)
     assert "rungs" not in build_figures(compute_plot_data(sample_trials(), rungs=empty))
     assert "rungs" not in build_figures(compute_plot_data(sample_trials()))
+
+
+IMPORTANCE = StudyImportance(12, 5, (
+    Importance("val_acc", "maximize", (("train.lr", 0.7), ("model.growth_rate", 0.2), ("train.momentum", 0.1))),
+    Importance("params", "minimize", (("model.growth_rate", 0.9), ("train.lr", 0.06), ("train.momentum", 0.04))),
+    Importance("macs", "minimize", (), constant=True),
+))
+
+
+def test_importance_figure_one_bar_chart_per_objective_before_the_rungs():
+    figures = build_figures(compute_plot_data(sample_trials(), rungs=sample_rungs(), importance=IMPORTANCE))
+    assert list(figures)[-2:] == ["importance", "rungs"] and len(figures) == 8
+    bars = figures["importance"]
+    assert [t.type for t in bars.data] == ["bar", "bar"]  # macs is constant: no panel
+    val_acc, params = bars.data
+    assert list(val_acc.y) == ["train.momentum", "model.growth_rate", "train.lr"]  # largest on top
+    assert list(val_acc.x) == [0.1, 0.2, 0.7] and list(params.text) == ["0.04", "0.06", "0.90"]
+    assert (val_acc.orientation, val_acc.xaxis, params.xaxis) == ("h", "x", "x2")  # stacked panels
+    assert [a.text for a in bars.layout.annotations] == ["importance for val_acc", "importance for params"]
+    assert bars.layout.title.text == ("Hyperparameter importance (PED-ANOVA: the top 5 of 12 COMPLETE full-budget "
+                                      "trials per objective against all; constant: macs)")
+
+
+def test_no_importance_figure_when_na_or_every_objective_constant():
+    assert "importance" not in build_figures(compute_plot_data(sample_trials()))
+    assert "importance" not in build_figures(compute_plot_data(sample_trials(),
+                                                               importance=StudyImportance(9, 0, ())))
+    constant = StudyImportance(12, 5, (Importance("val_acc", "maximize", (), constant=True),))
+    assert "importance" not in build_figures(compute_plot_data(sample_trials(), importance=constant))
+
+
+def test_html_summary_is_escaped_preformatted_text_above_the_figures():
+    figures = build_figures(compute_plot_data(sample_trials()))
+    html = render_html(figures, "t", ["what the study says:", "  a <b> & c"])
+    assert '<pre style="white-space: pre-wrap">what the study says:\n  a &lt;b&gt; &amp; c</pre>' in html
+    assert html.index('id="summary"') < html.index('id="pair-params-val_acc"')
+    assert 'id="summary"' not in render_html(figures, "t")
 
 
 # --- the paper's reference points (Table 2, priced by dsearch.net.cost) ------------------------

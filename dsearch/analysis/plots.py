@@ -10,11 +10,14 @@ The trials DataFrame (one row per trial) has columns `trial` (int), `state`
 `max_epochs`, and the searched parameters as dotted columns (`model.growth_rate`, ...).
 
 How well each rung ranks the full-budget trials (report.rung_correlations) comes in as plain data too,
-like the paper's points, and is drawn as one scatter per rung (val_acc there against the final one).
+like the paper's points, and is drawn as one scatter per rung (val_acc there against the final one); so
+does each objective's hyperparameter importance (importance.compute_importance), drawn as bars.
+The paper's points are test-set numbers, and are labelled so.
 """
 
 from __future__ import annotations
 
+import html
 import itertools
 import math
 from collections.abc import Sequence
@@ -52,6 +55,8 @@ LOG_AXIS_RATIO = 100.0
 
 _COLORS = {FRONT: "#d62728", DOMINATED: "#7f7f7f", EXCLUDED: "#1f77b4"}
 _OPACITY = {FRONT: 1.0, DOMINATED: 0.35, EXCLUDED: 0.5}
+# The paper's numbers are test-set errors (Table 2), drawn as accuracy beside our validation accuracy.
+PAPER_TRACE = "paper, test error (Huang et al. 2017)"
 _TRACE_NAMES = {
     FRONT: "Pareto front",
     DOMINATED: "dominated",
@@ -96,6 +101,8 @@ class PlotData(NamedTuple):
     history: HistoryData
     # RungCorrelation-like: .epoch, .final_epoch, .trials, .rung_val_acc, .final_val_acc, .spearman (None: n/a)
     rungs: tuple[Any, ...] = ()
+    # importance.StudyImportance-like: .trials, .top, .objectives (each .metric, .shares, .constant); None: none
+    importance: Any = None
 
 
 def axis_label(name: str) -> str:
@@ -162,12 +169,14 @@ def compute_plot_data(
     include_partial: bool = False,
     params: Sequence[str] | None = None,
     rungs: Sequence[Any] = (),
+    importance: Any = None,
 ) -> PlotData:
     """The front, dominated and excluded trials, knee, front learning curves and hypervolume history.
 
     reference: raw units, None for `default_reference` over the usable trials (no
     hypervolume when there are none). params: hover columns, None for the dotted ones.
-    rungs: report.RungCorrelation-like, passed through to the rung figure.
+    rungs: report.RungCorrelation-like, passed through to the rung figure; importance:
+    importance.StudyImportance-like, passed through to the importance figure.
     """
     objectives = tuple(objectives)
     params = parameter_columns(trials) if params is None else list(params)
@@ -202,6 +211,7 @@ def compute_plot_data(
         curves=curves,
         history=history,
         rungs=tuple(rungs),
+        importance=importance,
     )
 
 
@@ -216,6 +226,18 @@ def paper_values(data: PlotData, columns: Sequence[int]) -> tuple[list[str], np.
     points = [p for p in data.paper if all(getattr(p, n, None) is not None for n in names)]
     values = np.array([[float(getattr(p, n)) for n in names] for p in points]).reshape(len(points), len(names))
     return [p.name for p in points], values
+
+
+def paper_hover(data: PlotData, columns: Sequence[int]) -> str:
+    """Hover template of the paper's points: their val_acc column is the paper's test accuracy, not ours."""
+    lines = ["<b>%{text}</b> (Huang et al. 2017)"]
+    for axis, c in zip("xyz", columns):
+        metric = data.objectives[c].metric
+        if metric == VAL_ACC:
+            lines.append(f"test accuracy: %{{{axis}:.4f}} (the paper's test set, not a validation split)")
+        else:
+            lines.append(f"{metric}: %{{{axis}:,}}")
+    return "<br>".join(lines) + "<extra>paper</extra>"
 
 
 def _axis_type(values: np.ndarray) -> str:
@@ -263,11 +285,11 @@ def build_pair_figure(data: PlotData, x: int, y: int) -> go.Figure:
     names, paper = paper_values(data, (x, y))
     if names:
         fig.add_trace(go.Scatter(
-            x=paper[:, 0], y=paper[:, 1], mode="markers+text", name="paper (Huang et al. 2017)",
+            x=paper[:, 0], y=paper[:, 1], mode="markers+text", name=PAPER_TRACE,
             text=names, textfont=dict(size=10),
             textposition=[("top center", "bottom center")[i % 2] for i in range(len(names))],
             marker=dict(symbol="star", size=12, color="#2ca02c", line=dict(width=1, color="#333333")),
-            hovertemplate="%{text}<br>%{x:,}<br>%{y:,}<extra>paper</extra>",
+            hovertemplate=paper_hover(data, (x, y)),
         ))
     types = [_axis_type(np.concatenate([g.values[:, c] for _, g in _groups(data)] + [paper[:, k]]))
              for k, c in enumerate((x, y))]
@@ -302,7 +324,8 @@ def build_3d_figure(data: PlotData) -> go.Figure:
     if names:
         fig.add_trace(go.Scatter3d(
             x=paper[:, 0], y=paper[:, 1], z=paper[:, 2], mode="markers+text", text=names,
-            name="paper (Huang et al. 2017)", marker=dict(symbol="diamond", size=6, color="#2ca02c"),
+            name=PAPER_TRACE, marker=dict(symbol="diamond", size=6, color="#2ca02c"),
+            hovertemplate=paper_hover(data, axes),
         ))
     scene = {}
     for key, (k, c) in zip(("xaxis", "yaxis", "zaxis"), enumerate(axes)):
@@ -383,9 +406,42 @@ def build_rungs_figure(data: PlotData) -> go.Figure:
     return fig
 
 
+def _ranked(data: PlotData) -> list[Any]:
+    """The objectives whose importance has shares to draw (not constant, not n/a)."""
+    return [o for o in (data.importance.objectives if data.importance is not None else ()) if o.shares]
+
+
+def build_importance_figure(data: PlotData) -> go.Figure:
+    """One horizontal bar chart per objective, stacked (long dotted keys need the room on the left): each
+    hyperparameter's share of importance, largest on top."""
+    ranked, imp = _ranked(data), data.importance
+    heights = [len(o.shares) + 1 for o in ranked]
+    height = 160 + 32 * sum(heights) + 80 * len(ranked)   # pixels: margins, bars, a gap per panel
+    fig = make_subplots(rows=len(ranked), cols=1, subplot_titles=[f"importance for {o.metric}" for o in ranked],
+                        row_heights=heights, vertical_spacing=80 / height)
+    for i, o in enumerate(ranked):
+        keys, shares = [k for k, _ in reversed(o.shares)], [v for _, v in reversed(o.shares)]
+        fig.add_trace(go.Bar(
+            x=shares, y=keys, orientation="h", name=o.metric, showlegend=False, marker_color=_COLORS[FRONT],
+            text=[f"{v:.2f}" for v in shares], textposition="auto",
+            hovertemplate=f"{o.metric}<br>%{{y}}: %{{x:.3f}}<extra></extra>",
+        ), row=i + 1, col=1)
+        fig.update_xaxes(range=[0, 1], row=i + 1, col=1)
+    fig.update_xaxes(title_text="share of importance (sums to 1 per objective)", row=len(ranked), col=1)
+    constant = [o.metric for o in imp.objectives if o.constant]
+    note = f"; constant: {', '.join(constant)}" if constant else ""
+    fig.update_layout(
+        title=f"Hyperparameter importance (PED-ANOVA: the top {imp.top} of {imp.trials} COMPLETE full-budget "
+              f"trials per objective against all{note})",
+        template="plotly_white", height=height,
+    )
+    return fig
+
+
 def build_figures(data: PlotData) -> dict[str, go.Figure]:
     """All figures keyed by a stable id (also the HTML div id): pair-X-Y..., front-3d, learning-curves,
-    hypervolume, and rungs when some rung has a full-budget trial to draw."""
+    hypervolume, importance when some objective has one, and rungs when some rung has a full-budget trial
+    to draw (last)."""
     figures = {}
     for x, y in objective_pairs(data.objectives):
         figures[f"pair-{data.objectives[x].metric}-{data.objectives[y].metric}"] = build_pair_figure(data, x, y)
@@ -393,18 +449,25 @@ def build_figures(data: PlotData) -> dict[str, go.Figure]:
         figures["front-3d"] = build_3d_figure(data)
     figures["learning-curves"] = build_curves_figure(data)
     figures["hypervolume"] = build_history_figure(data)
+    if _ranked(data):
+        figures["importance"] = build_importance_figure(data)
     if any(r.trials for r in data.rungs):
         figures["rungs"] = build_rungs_figure(data)
     return figures
 
 
-def render_html(figures: dict[str, go.Figure], title: str = "dsearch Pareto front") -> str:
-    """One standalone HTML page: plotly.js embedded once (no CDN), one div per figure, id = its key."""
+def render_html(figures: dict[str, go.Figure], title: str = "dsearch Pareto front",
+                summary: Sequence[str] = ()) -> str:
+    """One standalone HTML page: the summary lines (if any) as preformatted text, then plotly.js embedded
+    once (no CDN) and one div per figure, id = its key. The summary is HTML-escaped here; title is HTML."""
     divs = [
         fig.to_html(full_html=False, include_plotlyjs=(i == 0), div_id=key, default_height="560px")
         for i, (key, fig) in enumerate(figures.items())
     ]
     body = "\n".join(f'<section class="figure">\n{div}\n</section>' for div in divs)
+    if summary:
+        text = html.escape("\n".join(summary))
+        body = f'<section class="summary" id="summary">\n<pre style="white-space: pre-wrap">{text}</pre>\n</section>\n{body}'
     return (
         "<!DOCTYPE html>\n<html>\n<head>\n<meta charset=\"utf-8\">\n"
         f"<title>{title}</title>\n</head>\n<body>\n<h1>{title}</h1>\n{body}\n</body>\n</html>\n"

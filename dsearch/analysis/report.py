@@ -1,8 +1,9 @@
 """A study's full-budget front as a report: the table, the summary lines, CSV, HTML and dashboard figures.
 
-The front, hypervolume and knee come from pareto.py / plots.py; this module reads the trials,
-checks the options that choose objectives and the reference point, measures how well each rung's
-val_acc ranks the full-budget trials (Spearman), and writes the outputs.
+The front, hypervolume and knee come from pareto.py / plots.py, hyperparameter importance and the seed
+comparison ("what the study says") from importance.py; this module reads the trials, checks the options
+that choose objectives and the reference point, measures how well each rung's val_acc ranks the
+full-budget trials (Spearman), and writes the outputs.
 `dsearch pareto` (cli/pareto.py) checks everything before it writes anything.
 """
 
@@ -29,6 +30,7 @@ if TYPE_CHECKING:
     from rich.console import Console
     from rich.table import Table
 
+    from .importance import SeedComparison, StudyImportance
     from .plots import PlotData
     from ..search.schema import SearchSpace
 
@@ -71,7 +73,9 @@ class Report(NamedTuple):
     hypervolume is the raw one (product of the objectives' units, against `reference`);
     normalized_hypervolume its share (0..1) of the box between the usable trials' best and worst values
     (pareto.normalized_hypervolume; None with fewer than 2 usable trials). rungs: one per rung epoch below
-    max_epochs, empty when the study has no stored space.
+    max_epochs, empty when the study has no stored space. importance: per objective over the COMPLETE
+    full-budget trials (importance.compute_importance); seeds: each seed trial against the best full-budget
+    trial at similar params (importance.compare_seeds).
     """
 
     study_name: str
@@ -88,6 +92,8 @@ class Report(NamedTuple):
     best: dict[str, tuple[int, float]]
     rungs: tuple[RungCorrelation, ...]
     plot: "PlotData"
+    importance: "StudyImportance | None" = None
+    seeds: "tuple[SeedComparison, ...]" = ()
 
 
 # --- reading ----------------------------------------------------------------------------------
@@ -226,7 +232,9 @@ def _front_rows(frame: "pd.DataFrame", on_front: Any, metrics: tuple[str, ...], 
 
 def build_report(study: "optuna.Study", objectives: tuple[Objective, ...], include_partial: bool = False,
                  reference: tuple[float, ...] | None = None, space: "SearchSpace | None" = None) -> Report:
-    """Front (classify_trials), hypervolume, best per objective, knee and plot data; UserError if no usable trial."""
+    """Front (classify_trials), hypervolume, best per objective, knee, importance, seed comparison and plot
+    data; UserError if no usable trial."""
+    from .importance import compare_seeds, compute_importance
     from .paper import paper_points
     from .plots import DOMINATED, FRONT, classify_trials, compute_plot_data, parameter_columns
 
@@ -249,6 +257,7 @@ def build_report(study: "optuna.Study", objectives: tuple[Objective, ...], inclu
     for o in objectives:
         row = usable[o.metric].idxmax() if o.direction == "maximize" else usable[o.metric].idxmin()
         best[o.metric] = (int(usable.at[row, "trial"]), float(usable.at[row, o.metric]))
+    importance = compute_importance(study, objectives)
     return Report(
         study_name=study.study_name, objectives=objectives, metrics=metrics, param_keys=params,
         counts=counts, fail_reasons=reasons,
@@ -256,7 +265,9 @@ def build_report(study: "optuna.Study", objectives: tuple[Objective, ...], inclu
         usable=len(usable), reference=ref, hypervolume=hypervolume(values, objectives, ref.values),
         normalized_hypervolume=normalized_hypervolume(values, objectives) if len(values) >= 2 else None,
         best=best, rungs=rungs,
-        plot=compute_plot_data(frame, objectives, ref.values, paper, include_partial, rungs=rungs),
+        plot=compute_plot_data(frame, objectives, ref.values, paper, include_partial, rungs=rungs,
+                               importance=importance),
+        importance=importance, seeds=compare_seeds(study),
     )
 
 
@@ -336,7 +347,9 @@ def rung_lines(rungs: Sequence[RungCorrelation]) -> list[str]:
 
 def summary_lines(report: Report) -> list[str]:
     """Trials by state, hypervolume (share of the box, then raw beside its reference point), best per
-    objective, knee point, and how informative each rung is."""
+    objective, knee point, how informative each rung is, importance, and what the study says."""
+    from .importance import importance_lines, study_says_lines
+
     states = ", ".join(f"{n} {s}" for s, n in report.counts.items())
     if report.fail_reasons:
         states += " (FAIL: " + ", ".join(f"{n} {r}" for r, n in report.fail_reasons.items()) + ")"
@@ -357,7 +370,12 @@ def summary_lines(report: Report) -> list[str]:
         at = ", ".join(f"{o.metric} {format_cell(o.metric, row[o.metric])}" for o in report.objectives)
         lines.append(f"knee point: trial {report.plot.knee} ({at}): nearest the ideal point, "
                      "each objective scaled to [0, 1] over the front")
-    return lines + rung_lines(report.rungs)
+    lines += rung_lines(report.rungs)
+    if report.importance is None:
+        return lines
+    if report.importance.available:   # else the n/a line is said once, in "what the study says"
+        lines += importance_lines(report.importance)
+    return lines + study_says_lines(report.seeds, report.importance)
 
 
 def make_console() -> "Console":
@@ -379,8 +397,11 @@ def csv_text(report: Report) -> str:
 
 def json_text(report: Report) -> str:
     """The summary as JSON: counts, the raw hypervolume with its reference, its share of the study's box, the
-    best trial per objective, the knee, each rung's Spearman correlation, and the front's rows."""
+    best trial per objective, the knee, each rung's Spearman correlation, importance, the seed comparisons,
+    and the front's rows."""
     import json
+
+    from .importance import importance_json, seeds_json
 
     summary = {
         "study": report.study_name, "objectives": [o.model_dump() for o in report.objectives],
@@ -391,16 +412,18 @@ def json_text(report: Report) -> str:
         "knee": report.plot.knee,
         "rungs": [{"epoch": r.epoch, "final_epoch": r.final_epoch, "trials": len(r.trials), "spearman": r.spearman}
                   for r in report.rungs],
+        "importance": importance_json(report.importance) if report.importance is not None else None,
+        "seeds": seeds_json(report.seeds),
         "front": json.loads(report.front.to_json(orient="records")),
     }
     return json.dumps(summary, indent=2) + "\n"
 
 
-def html_text(figures: dict[str, "go.Figure"], title: str) -> str:
-    """The figures as one self-contained page (plots.render_html)."""
+def html_text(figures: dict[str, "go.Figure"], title: str, summary: Sequence[str] = ()) -> str:
+    """The summary lines and the figures as one self-contained page (plots.render_html)."""
     from .plots import render_html
 
-    return render_html(figures, html.escape(title))
+    return render_html(figures, html.escape(title), summary)
 
 
 def write_files(files: list[tuple[str, Path, str]]) -> list[Path]:

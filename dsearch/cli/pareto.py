@@ -1,8 +1,11 @@
 """`dsearch pareto`: print a study's full-budget front and summary, write CSV and HTML, save dashboard figures.
 
 The summary gives the hypervolume as a share of the box between the study's best and worst values (and the
-raw one against its reference point), and, when the study has its space, how well each rung's val_acc ranks
-the full-budget trials (Spearman rank correlation with the final val_acc).
+raw one against its reference point), when the study has its space how well each rung's val_acc ranks
+the full-budget trials (Spearman rank correlation with the final val_acc), each hyperparameter's importance
+per objective (PED-ANOVA over the COMPLETE full-budget trials), and "what the study says": each seed trial
+against the best full-budget trial at similar params, and the hyperparameters that matter most. The HTML
+page carries the same summary above its figures.
 
 Everything is checked before anything is written, and the one write into the study (the dashboard
 figures, as study system attrs) comes last and only while no `dsearch run` holds the study's lock.
@@ -61,13 +64,14 @@ def pareto_command(study_dir: Path | None, storage: str | None = None, objective
     console = make_console()
     console.print(f"study {report.study_name} ({display_url(storage_url(study_dir, storage))})")
     console.print(front_table(report, include_partial))
-    for line in summary_lines(report):
+    summary = summary_lines(report)
+    for line in summary:
         console.print(line)
 
     figures = build_figures(report.plot)
     title = f"dsearch Pareto front: {report.study_name} ({', '.join(o.metric for o in chosen)})"
     html_out, csv_out, *json_out = write_files(
-        [("--html", html_path or out_dir / HTML_FILE, html_text(figures, title)),
+        [("--html", html_path or out_dir / HTML_FILE, html_text(figures, title, summary)),
          ("--csv", csv or out_dir / CSV_FILE, csv_text(report))]
         + ([("--json", json_path, json_text(report))] if json_path else []))
     holder = StudyLock(out_dir).holder()
@@ -105,7 +109,9 @@ def pareto(
     storage: Optional[str] = typer.Option(None, "--storage", help=STORAGE_HELP),
     study: Optional[str] = typer.Option(None, "--study", help=STUDY_HELP),
     json_path: Optional[Path] = typer.Option(None, "--json", help="also write the summary as JSON here (raw and "
-                                                                  "normalised hypervolume, rungs, front)"),
+                                                                  "normalised hypervolume, rungs, importance, "
+                                                                  "seed trials, front)"),
 ) -> None:
-    """The Pareto front of full-budget trials: table, hypervolume, rung correlations, CSV, HTML, dashboard figures."""
+    """The Pareto front of full-budget trials: table, hypervolume, rung correlations, importance, what the study
+    says, CSV, HTML, dashboard figures."""
     pareto_command(study_dir, storage, objectives, csv, html, reference, include_partial, study, json_path)
