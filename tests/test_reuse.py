@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import math
 
 import numpy as np
@@ -308,3 +309,21 @@ def test_reuse_errors_are_one_line_exit_2_and_write_nothing(study, capsys, args,
     err = capsys.readouterr().err
     assert err.startswith("dsearch: error: ") and err.count("\n") == 1 and text.format(d=study_dir) in err, err
     assert {p: p.read_bytes() for p in study_dir.rglob("*") if p.is_file()} == before
+
+
+def test_pareto_writes_and_links_a_reuse_page_per_front_trial_with_a_checkpoint(study, tmp_path, capsys):
+    """Trials 0 and 2 (the same values) are the front; trial 0's checkpoint is relative to the study folder, so in a
+    copy whose ckpt/ is gone it is named and skipped, and trial 2 (absolute path) gets its page and link."""
+    study_dir, model = study
+    copy = tmp_path / "s"
+    shutil.copytree(study_dir, copy, ignore=shutil.ignore_patterns("ckpt", "reuse"))
+    assert main(["pareto", str(copy)]) == 0
+    out = capsys.readouterr().out
+    assert "no reuse figure for trial 0: trial 0's checkpoint" in out
+    assert f"feature reuse (paper Fig. 5): 1 of 2 front trials in {copy / 'reuse'}/" in out
+    assert sorted(files(copy / "reuse")) == ["plotly.min.js", "trial-2.csv", "trial-2.html"]
+    page = (copy / "reuse" / "trial-2.html").read_text()
+    assert '<script charset="utf-8" src="plotly.min.js"></script>' in page and page.count('class="plotly-graph-div"') == 3
+    assert (copy / "reuse" / "trial-2.csv").read_text() == csv_text(compute_reuse(model).blocks)
+    front = (copy / "pareto.html").read_text()
+    assert '<li><a href="reuse/trial-2.html">trial 2</a></li>' in front and "trial-0.html" not in front

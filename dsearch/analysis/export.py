@@ -61,6 +61,13 @@ def read_weights(location: str | Path) -> dict[str, "torch.Tensor"]:
     return checkpoint["model"]
 
 
+def trial_weights(trial: "FrozenTrial", study_dir: Path) -> tuple[str, dict[str, "torch.Tensor"]]:
+    """Where a trial's checkpoint is (path or URI) and the model state_dict in it; UserError if it has none or
+    it can't be read."""
+    location = checkpoint_file(trial, study_dir)
+    return location, read_weights(location)
+
+
 def build_loaded(model_config: dict[str, Any], state_dict: dict[str, "torch.Tensor"], source: str) -> "torch.nn.Module":
     """build_model(config) with the weights loaded strictly, in eval mode; UserError on any mismatch."""
     from ..net.config import ModelConfig

@@ -457,14 +457,19 @@ def build_figures(data: PlotData) -> dict[str, go.Figure]:
 
 
 def render_html(figures: dict[str, go.Figure], title: str = "dsearch Pareto front",
-                summary: Sequence[str] = ()) -> str:
-    """One standalone HTML page: the summary lines (if any) as preformatted text, then plotly.js embedded
-    once (no CDN) and one div per figure, id = its key. The summary is HTML-escaped here; title is HTML."""
+                summary: Sequence[str] = (), links: Sequence[tuple[str, str]] = ()) -> str:
+    """One standalone HTML page: the summary lines (if any) as preformatted text, links to the front trials'
+    feature-reuse pages (label, relative href), then plotly.js embedded once (no CDN) and one div per figure,
+    id = its key. The summary and links are HTML-escaped here; title is HTML."""
     divs = [
         fig.to_html(full_html=False, include_plotlyjs=(i == 0), div_id=key, default_height="560px")
         for i, (key, fig) in enumerate(figures.items())
     ]
     body = "\n".join(f'<section class="figure">\n{div}\n</section>' for div in divs)
+    if links:
+        items = "".join(f'<li><a href="{html.escape(href)}">{html.escape(label)}</a></li>' for label, href in links)
+        body = (f'<section id="reuse">\n<h2>Feature reuse of the front trials (paper Fig. 5)</h2>\n'
+                f'<ul>{items}</ul>\n</section>\n{body}')
     if summary:
         text = html.escape("\n".join(summary))
         body = f'<section class="summary" id="summary">\n<pre style="white-space: pre-wrap">{text}</pre>\n</section>\n{body}'

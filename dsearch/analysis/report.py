@@ -419,11 +419,13 @@ def json_text(report: Report) -> str:
     return json.dumps(summary, indent=2) + "\n"
 
 
-def html_text(figures: dict[str, "go.Figure"], title: str, summary: Sequence[str] = ()) -> str:
-    """The summary lines and the figures as one self-contained page (plots.render_html)."""
+def html_text(figures: dict[str, "go.Figure"], title: str, summary: Sequence[str] = (),
+              links: Sequence[tuple[str, str]] = ()) -> str:
+    """The summary lines, the links to the front trials' reuse pages (label, relative href) and the figures as
+    one self-contained page (plots.render_html)."""
     from .plots import render_html
 
-    return render_html(figures, html.escape(title), summary)
+    return render_html(figures, html.escape(title), summary, links)
 
 
 def write_files(files: list[tuple[str, Path, str]]) -> list[Path]:

@@ -34,6 +34,8 @@ if TYPE_CHECKING:
     from ..net.config import ModelConfig
 
 LAYER, TRANSITION, CLASSIFIER = "layer", "transition", "classifier"
+REUSE_DIR = "reuse"          # a study's folder of reuse figures: STUDY_DIR/reuse/trial-N.{csv,html}
+PLOTLY_JS = "plotly.min.js"  # written once into that folder for the pages `dsearch pareto` links
 CSV_COLUMNS = ("block", "source", "target", "target_kind", "mean_abs_weight")
 NEAREST = 3                 # finding (a): the sources a layer's "local" connections count
 FIGURE_ID = "reuse-block-{}"
@@ -313,6 +315,13 @@ def write_reuse(model: "torch.nn.Module | Mapping[str, torch.Tensor]", out_dir: 
     Everything is computed first; UserError (nothing written) if the folder can't be made or written.
     """
     result = compute_reuse(model)
+    csv_path, html_path = write_result(result, out_dir, stem, title, include_plotlyjs)
+    return csv_path, html_path, result
+
+
+def write_result(result: ReuseResult, out_dir: Path, stem: str = "reuse", title: str | None = None,
+                 include_plotlyjs: bool | str = True) -> tuple[Path, Path]:
+    """OUT_DIR/STEM.csv and OUT_DIR/STEM.html of a computed result; UserError if the folder can't be written."""
     texts = [(Path(out_dir) / f"{stem}.csv", csv_text(result.blocks)),
              (Path(out_dir) / f"{stem}.html",
               html_text(result, title or f"Feature reuse (DenseNet Fig. 5): {stem}", include_plotlyjs))]
@@ -325,5 +334,16 @@ def write_reuse(model: "torch.nn.Module | Mapping[str, torch.Tensor]", out_dir: 
             path.write_text(text, encoding="utf-8")
     except OSError as e:
         raise UserError(f"{out_dir}: can't write ({e.strerror or e.__class__.__name__})") from None
-    return texts[0][0], texts[1][0], result
+    return texts[0][0], texts[1][0]
 
+
+def write_plotly_js(out_dir: Path) -> Path:
+    """plotly.js as OUT_DIR/plotly.min.js, for pages written with include_plotlyjs="directory" (one copy, not
+    4.8 MB per page); skipped when the same file is already there."""
+    from plotly.offline import get_plotlyjs
+
+    path = Path(out_dir) / PLOTLY_JS
+    text = get_plotlyjs()
+    if not (path.is_file() and path.stat().st_size == len(text.encode("utf-8"))):
+        path.write_text(text, encoding="utf-8")
+    return path

@@ -18,18 +18,26 @@ say otherwise.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 import typer
 
 from ..analysis.report import (CSV_FILE, HTML_FILE, Report, build_report, csv_text, figure_ids, front_table, html_text,
                                json_text, make_console, parse_reference, save_dashboard_figures, select_objectives,
                                summary_lines, write_files)
+from ..analysis.reuse import REUSE_DIR
+from ..errors import UserError
 from ..search.io import open_study_with_space
 from ..search.lock import StudyLease, StudyLock
 from ..search.storage import display_url, storage_url
 from .app import app
+
+if TYPE_CHECKING:
+    import optuna
+
+    from ..analysis.reuse import ReuseResult
 
 STUDY_DIR_HELP = "study directory, e.g. studies/c10 (optional with --storage)"
 STORAGE_HELP = "Optuna RDB URL, e.g. postgresql://USER@HOST:PORT/DB (default: SQLite in the study dir)"
@@ -70,10 +78,18 @@ def pareto_command(study_dir: Path | None, storage: str | None = None, objective
 
     figures = build_figures(report.plot)
     title = f"dsearch Pareto front: {report.study_name} ({', '.join(o.metric for o in chosen)})"
+    html_target = Path(html_path or out_dir / HTML_FILE)
+    reuse = front_reuse(study, report, out_dir, console)
+    reuse_dir = out_dir / REUSE_DIR
+    links = [(f"trial {n}", os.path.relpath((reuse_dir / f"trial-{n}.html").resolve(), html_target.parent.resolve()))
+             for n in reuse]
     html_out, csv_out, *json_out = write_files(
-        [("--html", html_path or out_dir / HTML_FILE, html_text(figures, title, summary)),
+        [("--html", html_target, html_text(figures, title, summary, links)),
          ("--csv", csv or out_dir / CSV_FILE, csv_text(report))]
         + ([("--json", json_path, json_text(report))] if json_path else []))
+    if reuse:
+        write_reuse_pages(reuse, report.study_name, reuse_dir)
+        console.print(f"feature reuse (paper Fig. 5): {len(reuse)} of {len(report.front)} front trials in {reuse_dir}/")
     holder = StudyLock(out_dir).holder()
     lease = StudyLease(storage_url(study_dir, storage), study.study_name).holder() if storage else None
     if holder is not None or lease is not None:
@@ -90,6 +106,38 @@ def pareto_command(study_dir: Path | None, storage: str | None = None, objective
     if json_out:
         console.print(f"JSON: {json_out[0]}")
     return report
+
+
+def front_reuse(study: "optuna.Study", report: Report, out_dir: Path, console) -> dict[int, "ReuseResult"]:
+    """The Fig. 5 reuse data of every front trial that has a checkpoint, read before anything is written (the
+    weights are dropped once summarised). A trial whose checkpoint is missing or unreadable is named and
+    skipped: the front report doesn't depend on it."""
+    from ..analysis.export import trial_weights
+    from ..analysis.reuse import compute_reuse
+    from ..search.record import find_trial
+
+    results = {}
+    numbers = [int(n) for n in report.front["trial"]]
+    if numbers:
+        console.print(f"reading the checkpoints of {len(numbers)} front trials for their feature-reuse figures…")
+    for number in numbers:
+        try:
+            _, weights = trial_weights(find_trial(study, number), out_dir)
+            results[number] = compute_reuse(weights)
+        except UserError as e:
+            console.print(f"no reuse figure for trial {number}: {e}")
+    return results
+
+
+def write_reuse_pages(results: dict[int, "ReuseResult"], study_name: str, folder: Path) -> dict[int, Path]:
+    """OUT_DIR/reuse/trial-N.{csv,html} as `dsearch reuse STUDY --trial N` names them, sharing one plotly.min.js."""
+    from ..analysis.reuse import write_plotly_js, write_result
+
+    pages = {n: write_result(r, folder, f"trial-{n}", f"Feature reuse (DenseNet Fig. 5): trial {n} of {study_name}",
+                             include_plotlyjs="directory")[1] for n, r in results.items()}
+    if pages:
+        write_plotly_js(folder)
+    return pages
 
 
 @app.command()

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, NamedTuple, Optional
 import typer
 
 from ..analysis.export import CONFIG_FILE, MODEL_FILE
+from ..analysis.reuse import REUSE_DIR
 from ..errors import UserError
 from .app import app
 from .pareto import STORAGE_HELP, STUDY_HELP, output_dir
@@ -22,9 +23,6 @@ if TYPE_CHECKING:
 
     from ..analysis.reuse import ReuseResult
 
-REUSE_DIR = "reuse"
-
-
 class Loaded(NamedTuple):
     model: "torch.nn.Module"
     what: str           # one line naming the network, for the output
@@ -33,7 +31,7 @@ class Loaded(NamedTuple):
 
 
 def _from_trial(study_dir: Path | None, number: int, storage: str | None, study_name: str | None) -> Loaded:
-    from ..analysis.export import build_loaded, checkpoint_file, read_weights
+    from ..analysis.export import build_loaded, trial_weights
     from ..search import artifacts
     from ..search.io import open_study_with_space
     from ..search.record import EPOCHS_TRAINED, MAX_EPOCHS, find_trial, trial_config
@@ -41,8 +39,7 @@ def _from_trial(study_dir: Path | None, number: int, storage: str | None, study_
     study, _ = open_study_with_space(study_dir, storage, study_name)
     here = output_dir(study_dir, study.study_name)
     trial = find_trial(study, number)
-    location = checkpoint_file(trial, here)
-    weights = read_weights(location)
+    location, weights = trial_weights(trial, here)
     config = trial_config(trial)
     model = build_loaded(config["model"], weights, f"trial {number}'s checkpoint {artifacts.describe(location)}")
     epochs = f"{trial.user_attrs.get(EPOCHS_TRAINED, '?')} of {trial.user_attrs.get(MAX_EPOCHS, '?')} epochs"

@@ -200,8 +200,9 @@ def check_resumable(state: dict[str, Any], run: RunConfig, ckpt: Path, *, final:
         if epochs < done:
             raise UserError(f"--resume: {ckpt} already holds {done} epochs; train.epochs {epochs} is fewer "
                             f"(give --epochs ≥ {done})")
-        for e in range(done):
-            before, after = schedule_lr(e, old), schedule_lr(e, run.train)
+        # At each trained epoch's start and middle: a cosine schedule depends on the epochs at every step.
+        for e, step in ((e, step) for e in range(done) for step in (0, 1)):
+            before, after = schedule_lr(e, old, step, 2), schedule_lr(e, run.train, step, 2)
             if abs(before - after) > 1e-12 * max(before, after):
                 raise UserError(f"{where}: train.epochs {old.epochs} → {epochs} changes the lr of epoch "
                                 f"{e + 1}, already trained ({before:g} → {after:g}); keep --epochs "

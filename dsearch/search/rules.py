@@ -13,7 +13,8 @@ from pydantic import TypeAdapter, ValidationError
 
 from ..errors import ConfigError, did_you_mean
 from ..metrics import VAL_LOSS
-from .sampling import DESTINATIONS, condition_holds, resolve, same_value
+from ..training.config import DataConfig
+from .sampling import DATA_KEYS, DESTINATIONS, condition_holds, resolve, same_value
 
 if TYPE_CHECKING:
     from .schema import SearchSpace
@@ -59,17 +60,17 @@ def check_space(space: "SearchSpace") -> None:
 
 
 def searchable_keys() -> list[str]:
-    """Every `model.*` / `train.*` destination that a space may search or fix."""
+    """Every `model.*` / `train.*` destination, and data.cutout, that a space may search or fix."""
     return [f"{d}.{f}" for d, cls in DESTINATIONS.items() for f in cls.model_fields
-            if f"{d}.{f}" not in NOT_SEARCHABLE]
+            if f"{d}.{f}" not in NOT_SEARCHABLE] + sorted(DATA_KEYS)
 
 
 def check_destination(where: str, key: str) -> None:
-    """A flat dotted key must name a ModelConfig or TrainConfig field that may be set."""
+    """A flat dotted key must name a ModelConfig or TrainConfig field that may be set, or data.cutout."""
     if key in NOT_SEARCHABLE:
         raise ValueError(f"{where}: {NOT_SEARCHABLE[key]}")
     dest = key.partition(".")[0]
-    if dest == "data":
+    if dest == "data" and key not in DATA_KEYS:
         raise ValueError(f"{where}: data.* can't be searched or fixed (one dataset per study); "
                          "set it in the `data` section")
     keys = searchable_keys()
@@ -94,7 +95,8 @@ def check_type(where: str, key: str, value: Any, what: str) -> None:
 @functools.cache
 def _adapter(key: str) -> TypeAdapter:
     dest, _, field = key.partition(".")
-    return TypeAdapter(DESTINATIONS[dest].model_fields[field].annotation)
+    cls = DataConfig if dest == "data" else DESTINATIONS[dest]
+    return TypeAdapter(cls.model_fields[field].annotation)
 
 
 def _accepts(key: str, value: Any) -> bool:

@@ -20,6 +20,8 @@ if TYPE_CHECKING:
     from .schema import SearchSpace
 
 DESTINATIONS = {"model": ModelConfig, "train": TrainConfig}
+# The data.* fields a trial may differ in: augmentation applied per call, not the dataset loaded once per study.
+DATA_KEYS = frozenset({"data.cutout"})
 
 
 class TrialLike(Protocol):
@@ -82,8 +84,8 @@ def seed_params(space: "SearchSpace") -> list[dict[str, Any]]:
 
 
 def nest(values: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    """Flat dotted keys (`model.depth`) → {"model": {"depth": ...}, "train": {...}}."""
-    out: dict[str, dict[str, Any]] = {d: {} for d in DESTINATIONS}
+    """Flat dotted keys (`model.depth`) → {"model": {"depth": ...}, "train": {...}, "data": {...}}."""
+    out: dict[str, dict[str, Any]] = {d: {} for d in (*DESTINATIONS, "data")}
     for key, value in values.items():
         dest, field = key.split(".", 1)
         out[dest][field] = list(value) if isinstance(value, tuple) else value
@@ -105,7 +107,13 @@ def resolve(space: "SearchSpace", params: dict[str, Any]) -> RunConfig:
             parts[dest] = cls(**nested[dest])
         except ValidationError as e:
             raise ConfigError(format_validation_error(e, prefix=[dest])) from None
-    return RunConfig(model=parts["model"], train=parts["train"], data=space.data)
+    data = space.data
+    if nested["data"]:   # a trial's data.cutout: the space's data section with it replaced
+        try:
+            data = DataConfig(**{**space.data.model_dump(exclude_unset=True), **nested["data"]})
+        except ValidationError as e:
+            raise ConfigError(format_validation_error(e, prefix=["data"])) from None
+    return RunConfig(model=parts["model"], train=parts["train"], data=data)
 
 
 def input_size(data: DataConfig) -> tuple[int, int, int]:

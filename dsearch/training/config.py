@@ -54,6 +54,9 @@ class DataConfig(StrictModel):
     synthetic_classes: int = 10
     synthetic_image_size: int = 16
     synthetic_channels: int = 3
+    # Cutout (DeVries & Taylor 2017): side in pixels of one square hole per training image, 0: off.
+    # Applied after normalisation (the hole is the channel mean), also when augment is off.
+    cutout: int = 0
 
     @model_validator(mode="after")
     def _check(self) -> "DataConfig":
@@ -61,6 +64,10 @@ class DataConfig(StrictModel):
             v = getattr(self, f)
             if v is not None and v < 1:
                 raise ConfigError(f"data.{f}: must be ≥ 1, got {v}")
+        size = self.info.image_size
+        if not 0 <= self.cutout <= size:
+            raise ConfigError(f"data.cutout: must be in [0, {size}] pixels (0: off; at most the image "
+                              f"size), got {self.cutout}")
         return self
 
     @property
@@ -77,7 +84,13 @@ class DataConfig(StrictModel):
 
 
 class TrainConfig(StrictModel):
-    """The paper's protocol; None means the dataset's paper default (resolved in RunConfig)."""
+    """The paper's protocol; None means the dataset's paper default (resolved in RunConfig).
+
+    The recipe knobs default to the paper: lr_schedule "cosine" decays lr to 0 at `epochs` per step and
+    ignores lr_milestones / lr_gamma; warmup_epochs > 0 ramps the lr linearly per step from warmup_start
+    (None: lr / 10) before either schedule; label_smoothing applies to the training loss only (val_loss
+    and test_loss stay the plain cross-entropy, so trials with different smoothing compare).
+    """
 
     epochs: int | None = None
     batch_size: int | None = None
@@ -87,6 +100,10 @@ class TrainConfig(StrictModel):
     weight_decay: float = 1e-4
     lr_milestones: tuple[float, ...] | None = None   # fractions of the epochs
     lr_gamma: float = 0.1
+    lr_schedule: Literal["step", "cosine"] = "step"   # step: milestones × gamma; cosine: to 0 at epochs
+    warmup_epochs: float = 0                          # epochs (fractional) of linear warm-up, per step
+    warmup_start: float | None = None                 # lr at the start of warm-up; None: lr / 10
+    label_smoothing: float = 0.0                      # ε of the training loss's smoothed targets
     seed: int = 0
     device: str = "auto"                              # auto: cuda if available, else cpu
     amp: Literal["auto", "off", "bf16", "fp16"] = "auto"  # auto: bf16 on GPU, off on CPU
@@ -114,7 +131,22 @@ class TrainConfig(StrictModel):
                 raise ConfigError(f"train.lr_milestones: increasing fractions in (0, 1), got {list(ms)}")
         if not 0 < self.lr_gamma <= 1:
             raise ConfigError(f"train.lr_gamma: must be in (0, 1], got {self.lr_gamma}")
+        _check_warmup(self)
+        if self.warmup_start is not None and not 0 < self.warmup_start <= self.lr:
+            raise ConfigError(f"train.warmup_start: must be in (0, train.lr = {self.lr:g}], "
+                              f"got {self.warmup_start:g}")
+        if not 0 <= self.label_smoothing < 1:
+            raise ConfigError(f"train.label_smoothing: must be in [0, 1), got {self.label_smoothing:g}")
         return self
+
+
+def _check_warmup(t: TrainConfig) -> None:
+    """warmup_epochs is ≥ 0 and, once epochs is known, less than it (the schedule needs epochs after it)."""
+    if t.warmup_epochs < 0:
+        raise ConfigError(f"train.warmup_epochs: must be ≥ 0, got {t.warmup_epochs:g}")
+    if t.epochs is not None and t.warmup_epochs >= t.epochs:
+        raise ConfigError(f"train.warmup_epochs: must be less than train.epochs ({t.epochs}), "
+                          f"got {t.warmup_epochs:g}")
 
 
 class RunConfig(StrictModel):
@@ -152,4 +184,5 @@ class RunConfig(StrictModel):
             for name, value in fill.items():
                 object.__setattr__(resolved, name, value)   # not model_copy(update=): fields_set unchanged
             object.__setattr__(self, "train", resolved)
+            _check_warmup(resolved)   # epochs may have just become known
         return self

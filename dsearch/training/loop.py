@@ -1,5 +1,7 @@
 """The paper's training protocol: SGD + Nesterov under the step schedule, epoch by epoch (`fit`), and `evaluate`.
 
+The recipe knobs (cosine, warm-up, label smoothing, cutout) are off by default, leaving the paper's protocol.
+
 Knows nothing of Ray or Optuna: a search hooks in through fit's per-epoch callback.
 """
 
@@ -101,9 +103,12 @@ def peak_memory(device: torch.device) -> int:
     return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024  # Linux reports KiB
 
 
-def _train_epoch(model: nn.Module, data: TrainingData, optimizer, scaler, t: TrainConfig, epoch: int, *, amp, channels_last: bool,
-                 on_batch, checkpoint_path, lr: float) -> tuple[float, int]:
-    """One pass over the training split; returns the mean loss (nats) and the images seen."""
+def _train_epoch(model: nn.Module, data: TrainingData, optimizer, scaler, t: TrainConfig, epoch: int, *, amp,
+                 channels_last: bool, on_batch, checkpoint_path, cutout: int) -> tuple[float, int]:
+    """One pass over the training split; returns the mean loss (nats) and the images seen.
+
+    The lr is set before every step from the pure schedule (warm-up and cosine move within an epoch).
+    """
     device = data.device
     steps = data.steps_per_epoch(t.batch_size)
     model.train()
@@ -111,12 +116,17 @@ def _train_epoch(model: nn.Module, data: TrainingData, optimizer, scaler, t: Tra
     # The first non-finite step is tracked on the device, so a GPU checks it without a sync every step.
     first_bad = torch.full((), -1, dtype=torch.long, device=device)
     n = 0
-    for step, (x, y) in enumerate(data.train_batches(t.batch_size, epoch=epoch, seed=t.seed), start=1):
+    batches = data.train_batches(t.batch_size, epoch=epoch, seed=t.seed, cutout=cutout)
+    for step, (x, y) in enumerate(batches, start=1):
+        lr = schedule_lr(epoch, t, step - 1, steps)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
         if channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         with _autocast(device, amp):
             out = model(x)
-        loss = F.cross_entropy(out.float(), y)
+        # Smoothing is a training-time target only: evaluate() reports the plain cross-entropy.
+        loss = F.cross_entropy(out.float(), y, label_smoothing=t.label_smoothing)
         first_bad = torch.where(~torch.isfinite(loss.detach()) & (first_bad < 0), step, first_bad)
         optimizer.zero_grad(set_to_none=True)
         if scaler is not None:
@@ -130,8 +140,10 @@ def _train_epoch(model: nn.Module, data: TrainingData, optimizer, scaler, t: Tra
         n += len(y)
         if (device.type == "cpu" or step % 50 == 0 or step == steps) and int(first_bad) > 0:
             kept = checkpoint_path if checkpoint_path else "not kept (no checkpoint path)"
+            bad = int(first_bad)
+            bad_lr = schedule_lr(epoch, t, bad - 1, steps)
             raise TrainingDiverged(f"training diverged: the loss became {float(loss.detach()):.4g} at epoch "
-                                   f"{epoch + 1}, step {int(first_bad)} of {steps} (lr {lr:g}); the last good "
+                                   f"{epoch + 1}, step {bad} of {steps} (lr {bad_lr:g}); the last good "
                                    f"checkpoint is {kept}; try a lower train.lr")
         if on_batch is not None:
             on_batch(epoch + 1, step, steps, float(loss.detach()) if step % 10 == 0 or step == steps else None)
@@ -207,17 +219,18 @@ def _restore(s: _Setup, checkpoint_path: Path) -> tuple[int, list[dict[str, Any]
 
 
 def _epoch(s: _Setup, t: TrainConfig, epoch: int, *, final: bool, eval_batch_size: int, on_batch,
-           checkpoint_path: Path | None) -> tuple[dict[str, Any], float, int]:
-    """Train one epoch, then validate unless final; its metrics, the seconds in the training loop, the images seen."""
+           checkpoint_path: Path | None, cutout: int = 0) -> tuple[dict[str, Any], float, int]:
+    """Train one epoch, then validate unless final; its metrics, the seconds in the training loop, the images seen.
+
+    The LR metric is the lr of the epoch's first step.
+    """
     e0 = time.perf_counter()
-    lr = schedule_lr(epoch, t)
-    for group in s.optimizer.param_groups:
-        group["lr"] = lr
+    lr = schedule_lr(epoch, t, 0, s.data.steps_per_epoch(t.batch_size))
     # Every random draw of an epoch derives from (seed, epoch), so a resumed run matches a straight one.
     torch.manual_seed(_epoch_seed(t.seed, epoch))
     loss_mean, n = _train_epoch(s.step_model, s.data, s.optimizer, s.scaler, t, epoch, amp=s.amp,
                                 channels_last=s.channels_last, on_batch=on_batch,
-                                checkpoint_path=checkpoint_path, lr=lr)
+                                checkpoint_path=checkpoint_path, cutout=cutout)
     if s.device.type == "cuda":
         torch.cuda.synchronize(s.device)  # CUDA runs asynchronously: without it the clock stops early
     t_train = time.perf_counter() - e0
@@ -283,7 +296,7 @@ def fit(run: RunConfig, data: TrainingData, *, callback: Callable[[dict], Any] |
     stopped = False
     for epoch in range(start, t.epochs):
         metrics, t_train, n = _epoch(s, t, epoch, final=final, eval_batch_size=eval_bs, on_batch=on_batch,
-                                     checkpoint_path=checkpoint_path)
+                                     checkpoint_path=checkpoint_path, cutout=run.data.cutout)
         clock.loop_s += t_train
         clock.train_s += metrics[EPOCH_TIME]
         clock.images += n

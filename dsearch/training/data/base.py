@@ -9,7 +9,11 @@ from torch import Tensor
 
 
 class TrainingData(Protocol):
-    """A dataset split into train and eval ("val" or "test") parts that serves normalised batches."""
+    """A dataset split into train and eval ("val" or "test") parts that serves normalised batches.
+
+    train_batches' cutout (hole side in pixels, 0: off) is an argument, not state: one dataset object is
+    shared by every trial of a search, and trials may differ in it.
+    """
 
     name: str
     num_classes: int
@@ -28,7 +32,8 @@ class TrainingData(Protocol):
     def to(self, device: torch.device | str) -> "TrainingData": ...
     def steps_per_epoch(self, batch_size: int) -> int: ...
     def describe(self) -> str: ...
-    def train_batches(self, batch_size: int, *, epoch: int, seed: int = 0) -> Iterator[tuple[Tensor, Tensor]]: ...
+    def train_batches(self, batch_size: int, *, epoch: int, seed: int = 0,
+                      cutout: int = 0) -> Iterator[tuple[Tensor, Tensor]]: ...
     def eval_batches(self, batch_size: int) -> Iterator[tuple[Tensor, Tensor]]: ...
 
 
@@ -64,3 +69,26 @@ class SplitInfo:
 def batch_seed(seed: int, epoch: int) -> int:
     """The seed of an epoch's shuffling and augmentation draws: a function of (seed, epoch) only."""
     return (seed * 1_000_003 + epoch * 7_919 + 12_345) % (2 ** 63)
+
+
+def cut_holes(x: Tensor, centres: Tensor, size: int) -> Tensor:
+    """Cutout (DeVries & Taylor 2017): zero a size×size square per image at its (row, col) centre, clipped.
+
+    x: B×C×H×W normalised images (0 is the channel mean); centres: B×2 pixel indices on x's device. The
+    hole spans rows cy - size // 2 … cy - size // 2 + size - 1 (likewise columns), so an odd size is
+    exactly size pixels wide (DeVries & Taylor's code gives size - 1 there).
+    """
+    h, w = x.shape[-2:]
+    top_left = centres - size // 2                                           # B×2, may be negative
+    rows = torch.arange(h, device=x.device) - top_left[:, 0:1]               # B×H, offset into the hole
+    cols = torch.arange(w, device=x.device) - top_left[:, 1:2]               # B×W
+    in_rows = (rows >= 0) & (rows < size)
+    in_cols = (cols >= 0) & (cols < size)
+    hole = in_rows[:, None, :, None] & in_cols[:, None, None, :]             # B×1×H×W
+    return x.masked_fill(hole, 0)
+
+
+def draw_centres(n: int, height: int, width: int, g: torch.Generator) -> Tensor:
+    """n hole centres (row, col), uniform over the image's pixels, drawn from g (on the CPU)."""
+    return torch.stack([torch.randint(0, height, (n,), generator=g),
+                        torch.randint(0, width, (n,), generator=g)], dim=1)

@@ -10,7 +10,7 @@ import torch
 from torch import Tensor
 
 from ..config import DataConfig
-from .base import SplitInfo, batch_seed
+from .base import SplitInfo, batch_seed, cut_holes, draw_centres
 from .locate import find_files
 from .splits import stratified_split
 
@@ -76,16 +76,25 @@ class FolderData(SplitInfo):
         for x, y in loader:
             yield x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
 
-    def train_batches(self, batch_size: int, *, epoch: int, seed: int = 0) -> Iterator[tuple[Tensor, Tensor]]:
-        """Shuffled batches: random-resized crop + flip (or the eval transform without augmentation)."""
+    def train_batches(self, batch_size: int, *, epoch: int, seed: int = 0,
+                      cutout: int = 0) -> Iterator[tuple[Tensor, Tensor]]:
+        """Shuffled batches: random-resized crop + flip (or the eval transform without augmentation).
+
+        cutout > 0 zeroes one cutout×cutout hole per image on the device, after normalisation; the
+        centres come from the same (seed, epoch) generator as the order, drawn batch by batch after it.
+        """
         import torchvision.transforms as T
 
         g = torch.Generator().manual_seed(batch_seed(seed, epoch))
         aug = [T.RandomResizedCrop(self.image_size), T.RandomHorizontalFlip()] if self.augment else \
             [T.Resize(self.image_size * 8 // 7), T.CenterCrop(self.image_size)]
         tf = T.Compose(aug + [T.ToTensor(), T.Normalize(self.mean, self.std)])
-        yield from self._loader(self.train_samples, tf, batch_size, torch.randperm(self.num_train, generator=g),
-                                batch_seed(seed, epoch))
+        batches = self._loader(self.train_samples, tf, batch_size, torch.randperm(self.num_train, generator=g),
+                               batch_seed(seed, epoch))
+        for x, y in batches:
+            if cutout:
+                x = cut_holes(x, draw_centres(len(y), x.shape[-2], x.shape[-1], g).to(self.device), cutout)
+            yield x, y
 
     def eval_batches(self, batch_size: int) -> Iterator[tuple[Tensor, Tensor]]:
         """Resize to 8/7 of the size (256 for 224), centre crop, normalise."""

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .base import SplitInfo, batch_seed
+from .base import SplitInfo, batch_seed, cut_holes, draw_centres
 
 PAD = 4  # pixels of zero padding before the random crop (paper's "+" augmentation)
 
@@ -78,19 +78,28 @@ class Data(SplitInfo):
         scale, shift = cache[key]
         return x.float() * scale - shift
 
-    def train_batches(self, batch_size: int, *, epoch: int, seed: int = 0) -> Iterator[tuple[Tensor, Tensor]]:
-        """Shuffled, augmented, normalised (x, y) batches; draws depend only on (seed, epoch)."""
+    def train_batches(self, batch_size: int, *, epoch: int, seed: int = 0,
+                      cutout: int = 0) -> Iterator[tuple[Tensor, Tensor]]:
+        """Shuffled, augmented, normalised (x, y) batches; draws depend only on (seed, epoch).
+
+        cutout > 0 zeroes one cutout×cutout hole per image after normalisation (also without augment).
+        """
         g = torch.Generator().manual_seed(batch_seed(seed, epoch))
         n = self.num_train
         perm = torch.randperm(n, generator=g).to(self.device)
         offsets = torch.randint(0, 2 * PAD + 1, (n, 2), generator=g).to(self.device)
         flips = (torch.rand(n, generator=g) < 0.5).to(self.device) if self.flip else None
+        # Drawn after the others, so cutout 0 leaves every earlier draw (and batch) as it was.
+        centres = draw_centres(n, self.image_size, self.image_size, g).to(self.device) if cutout else None
         for i in range(0, n, batch_size):
             idx = perm[i:i + batch_size]
             x = self.train_x[idx]
             if self.augment:
                 x = augment(x, offsets[i:i + batch_size], None if flips is None else flips[i:i + batch_size])
-            yield self.normalize(x), self.train_y[idx]
+            x = self.normalize(x)
+            if centres is not None:
+                x = cut_holes(x, centres[i:i + batch_size], cutout)
+            yield x, self.train_y[idx]
 
     def eval_batches(self, batch_size: int) -> Iterator[tuple[Tensor, Tensor]]:
         """Un-augmented, normalised (x, y) batches of the eval split, in order."""
