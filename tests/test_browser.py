@@ -62,9 +62,30 @@ def _driver(profile: Path):
     return webdriver.Chrome(service=Service(executable_path=str(CHROMEDRIVER)), options=options)
 
 
-def test_pareto_html_renders_every_point_without_console_errors(tmp_path):
+def _render(page: Path, ids: list[str], tmp_path: Path, screenshot_name: str, read):
+    """Open page in headless chromium, wait until every plot div in ids has rendered, return read(driver), the
+    screenshot's path ($DSEARCH_ARTIFACTS, else tmp_path) and the browser's SEVERE console entries."""
     from selenium.webdriver.support.ui import WebDriverWait
 
+    driver = _driver(tmp_path / "profile")
+    try:
+        driver.set_page_load_timeout(20)
+        driver.get(page.as_uri())
+        rendered = "return Array.from(arguments[0]).every(id => document.getElementById(id)?._fullLayout)"
+        WebDriverWait(driver, 15).until(lambda d: d.execute_script(rendered, ids))
+        seen = read(driver)
+        artifacts = Path(os.environ.get("DSEARCH_ARTIFACTS") or tmp_path)
+        artifacts.mkdir(parents=True, exist_ok=True)
+        screenshot = artifacts / screenshot_name
+        driver.save_screenshot(str(screenshot))
+        print(f"screenshot: {screenshot}")
+        severe = [entry for entry in driver.get_log("browser") if entry["level"] == "SEVERE"]
+    finally:
+        driver.quit()
+    return seen, screenshot, severe
+
+
+def test_pareto_html_renders_every_point_without_console_errors(tmp_path):
     rungs = rung_correlations(small_trials(), [1, 2], 3)
     data = compute_plot_data(small_trials(), paper=PAPER, rungs=rungs)
     figures = build_figures(data)
@@ -80,25 +101,12 @@ def test_pareto_html_renders_every_point_without_console_errors(tmp_path):
     expected["rungs"] = sum(len(r.trials) for r in rungs)  # the 5 COMPLETE trials, in each of 2 panels
     assert expected["rungs"] == 10 and list(figures)[-1] == "rungs"
 
-    driver = _driver(tmp_path / "profile")
-    try:
-        driver.set_page_load_timeout(20)
-        driver.get(page.as_uri())
-        rendered = "return Array.from(arguments[0]).every(id => document.getElementById(id)?._fullLayout)"
-        WebDriverWait(driver, 15).until(lambda d: d.execute_script(rendered, list(figures)))
-        counts = {
-            key: driver.execute_script(
-                "return document.querySelectorAll(`#${arguments[0]} .scatterlayer .point`).length", key)
-            for key in expected
-        }
-        artifacts = Path(os.environ.get("DSEARCH_ARTIFACTS") or tmp_path)
-        artifacts.mkdir(parents=True, exist_ok=True)
-        screenshot = artifacts / "pareto.png"
-        driver.save_screenshot(str(screenshot))
-        print(f"screenshot: {screenshot}")
-        severe = [entry for entry in driver.get_log("browser") if entry["level"] == "SEVERE"]
-    finally:
-        driver.quit()
+    def count(driver):
+        return {key: driver.execute_script(
+            "return document.querySelectorAll(`#${arguments[0]} .scatterlayer .point`).length", key)
+            for key in expected}
+
+    counts, screenshot, severe = _render(page, list(figures), tmp_path, "pareto.png", count)
 
     assert severe == []
     assert counts == expected
@@ -107,9 +115,7 @@ def test_pareto_html_renders_every_point_without_console_errors(tmp_path):
 
 def test_reuse_html_of_a_quickstart_sized_trained_network_draws_one_heatmap_per_block(tmp_path):
     """The quickstart's seed network (DenseNet-BC L=16 k=8, 1×28×28, 10 classes) after one short epoch."""
-    from selenium.webdriver.support.ui import WebDriverWait
-
-    from dsearch.analysis.reuse import FIGURE_ID, write_reuse
+    from dsearch.analysis.reuse import FIGURE_ID, write_plotly_js, write_reuse
     from dsearch.training.config import DataConfig, RunConfig, TrainConfig
     from dsearch.training.data import load_data
     from dsearch.training.loop import fit
@@ -126,29 +132,22 @@ def test_reuse_html_of_a_quickstart_sized_trained_network_draws_one_heatmap_per_
     ids = [FIGURE_ID.format(b.block) for b in result.blocks]
     assert ids == ["reuse-block-1", "reuse-block-2", "reuse-block-3"]
 
-    driver = _driver(tmp_path / "profile")
-    try:
-        driver.set_page_load_timeout(20)
-        driver.get(page.as_uri())
-        rendered = "return Array.from(arguments[0]).every(id => document.getElementById(id)?._fullLayout)"
-        WebDriverWait(driver, 15).until(lambda d: d.execute_script(rendered, ids))
+    def read(driver):
         heatmaps = driver.execute_script(
             "return Array.from(arguments[0]).map(id => document.querySelectorAll(`#${id} .heatmaplayer image`)"
             ".length)", ids)
         traces = driver.execute_script(
             "return Array.from(document.querySelectorAll('.js-plotly-plot'))"
             ".filter(d => d.data.some(t => t.type === 'heatmap')).length")
-        findings = driver.execute_script("return document.getElementById('reuse-findings').innerText")
-        artifacts = Path(os.environ.get("DSEARCH_ARTIFACTS") or tmp_path)
-        artifacts.mkdir(parents=True, exist_ok=True)
-        screenshot = artifacts / "reuse.png"
-        driver.save_screenshot(str(screenshot))
-        print(f"screenshot: {screenshot}")
-        severe = [entry for entry in driver.get_log("browser") if entry["level"] == "SEVERE"]
-    finally:
-        driver.quit()
+        return heatmaps, traces, driver.execute_script("return document.getElementById('reuse-findings').innerText")
 
-    assert severe == []
-    assert heatmaps == [1, 1, 1] and traces == len(result.blocks) == 3
+    (heatmaps, traces, findings), screenshot, severe = _render(page, ids, tmp_path, "reuse.png", read)
+    # The page `dsearch pareto` links: the same figure, plotly.js from the folder's one plotly.min.js.
+    _, linked, _ = write_reuse(model, tmp_path / "linked", "trial-3", include_plotlyjs="directory")
+    write_plotly_js(tmp_path / "linked")
+    (linked_heatmaps, *_), _, linked_severe = _render(linked, ids, tmp_path, "reuse-linked.png", read)
+
+    assert severe == [] and linked_severe == []
+    assert heatmaps == linked_heatmaps == [1, 1, 1] and traces == len(result.blocks) == 3
     assert "transition row:" in findings and "classifier focus:" in findings
     assert screenshot.stat().st_size > 10_000
