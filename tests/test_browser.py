@@ -10,8 +10,9 @@ import pandas as pd
 import pytest
 
 from dsearch.analysis.paper import PaperPoint
-from dsearch.analysis.plots import build_figures, compute_plot_data, objective_pairs, paper_values, render_html
+from dsearch.analysis.plots import compute_plot_data, objective_pairs, paper_values, render_html
 from dsearch.analysis.report import rung_correlations
+from dsearch.analysis.search_figures import build_figures
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMEDRIVER = Path("/usr/bin/chromedriver")

@@ -22,8 +22,9 @@ from optuna.trial import TrialState, create_trial
 
 from dsearch.cli import main
 from dsearch.metrics import Objective
+from dsearch.analysis.outputs import figure_ids
 from dsearch.analysis.report import (RungCorrelation, average_ranks, build_report, choose_reference,
-                                     figure_ids, rung_correlations, rung_lines, select_objectives, spearman)
+                                     rung_correlations, rung_lines, select_objectives, spearman)
 from dsearch.search.io import parse_space
 from studies import DIRECTIONS, METRICS, new_study
 

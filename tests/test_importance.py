@@ -10,8 +10,8 @@ import pytest
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna.trial import TrialState, create_trial
 
-from dsearch.analysis.importance import (Importance, compare_seeds, compute_importance, importance_json,
-                                         importance_lines, seed_line, seeds_json, study_says_lines, top_trials)
+from dsearch.analysis.findings import compare_seeds, seed_line, seeds_json, study_says_lines
+from dsearch.analysis.importance import Importance, compute_importance, importance_json, importance_lines, top_trials
 from dsearch.metrics import DEFAULT_OBJECTIVES as OBJECTIVES
 from dsearch.search.record import fail_interrupted, tell_failed
 from studies import new_study

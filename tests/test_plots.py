@@ -14,13 +14,13 @@ from dsearch.analysis.plots import (
     EXCLUDED,
     FRONT,
     IGNORED,
-    build_figures,
     classify_trials,
     compute_plot_data,
     render_html,
 )
 from dsearch.analysis.importance import Importance, StudyImportance
 from dsearch.analysis.report import RungCorrelation
+from dsearch.analysis.search_figures import build_figures
 
 PAPER = (PaperPoint("densenet_bc100_k12", 0.9549, 769_162, 287_929_692),)
 

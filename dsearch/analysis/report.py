@@ -1,17 +1,16 @@
-"""A study's full-budget front as a report: the table, the summary lines, CSV, HTML and dashboard figures.
+"""A study's full-budget front as a report: the table and the summary lines.
 
-The front, hypervolume and knee come from pareto.py / plots.py, hyperparameter importance and the seed
-comparison ("what the study says") from importance.py; this module reads the trials, checks the options
-that choose objectives and the reference point, measures how well each rung's val_acc ranks the
-full-budget trials (Spearman), and writes the outputs.
+The front, hypervolume and knee come from pareto.py / plots.py, hyperparameter importance from
+importance.py and the seed comparison ("what the study says") from findings.py; this module reads the
+trials, checks the options that choose objectives and the reference point, measures how well each rung's
+val_acc ranks the full-budget trials (Spearman), and prints the front and its summary. outputs.py writes
+the report as CSV, JSON and HTML and saves the dashboard figures.
 `dsearch pareto` (cli/pareto.py) checks everything before it writes anything.
 """
 
 from __future__ import annotations
 
-import html
 import math
-from pathlib import Path
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, NamedTuple
 
@@ -26,16 +25,14 @@ from .pareto import COMPLETE, LOG_SCALED, PRUNED, default_reference, hypervolume
 if TYPE_CHECKING:
     import optuna
     import pandas as pd
-    import plotly.graph_objects as go
     from rich.console import Console
     from rich.table import Table
 
-    from .importance import SeedComparison, StudyImportance
+    from .findings import SeedComparison
+    from .importance import StudyImportance
     from .plots import PlotData
     from ..search.schema import SearchSpace
 
-CSV_FILE = "pareto.csv"
-HTML_FILE = "pareto.html"
 STATE_ORDER = ("COMPLETE", "PRUNED", "FAIL", "RUNNING", "WAITING")
 COUNT_METRICS = (PARAMS, MACS)  # whole numbers: written without ".0"
 _ARROWS = {"maximize": "↑", "minimize": "↓"}
@@ -75,7 +72,7 @@ class Report(NamedTuple):
     (pareto.normalized_hypervolume; None with fewer than 2 usable trials). rungs: one per rung epoch below
     max_epochs, empty when the study has no stored space. importance: per objective over the COMPLETE
     full-budget trials (importance.compute_importance); seeds: each seed trial against the best full-budget
-    trial at similar params (importance.compare_seeds).
+    trial at similar params (findings.compare_seeds).
     """
 
     study_name: str
@@ -234,7 +231,8 @@ def build_report(study: "optuna.Study", objectives: tuple[Objective, ...], inclu
                  reference: tuple[float, ...] | None = None, space: "SearchSpace | None" = None) -> Report:
     """Front (classify_trials), hypervolume, best per objective, knee, importance, seed comparison and plot
     data; UserError if no usable trial."""
-    from .importance import compare_seeds, compute_importance
+    from .findings import compare_seeds
+    from .importance import compute_importance
     from .paper import paper_points
     from .plots import DOMINATED, FRONT, classify_trials, compute_plot_data, parameter_columns
 
@@ -348,7 +346,8 @@ def rung_lines(rungs: Sequence[RungCorrelation]) -> list[str]:
 def summary_lines(report: Report) -> list[str]:
     """Trials by state, hypervolume (share of the box, then raw beside its reference point), best per
     objective, knee point, how informative each rung is, importance, and what the study says."""
-    from .importance import importance_lines, study_says_lines
+    from .findings import study_says_lines
+    from .importance import importance_lines
 
     states = ", ".join(f"{n} {s}" for s, n in report.counts.items())
     if report.fail_reasons:
@@ -386,76 +385,3 @@ def make_console() -> "Console":
     if not console.is_terminal:
         console.width = max(console.width, 200)
     return console
-
-
-# --- writing ----------------------------------------------------------------------------------
-
-def csv_text(report: Report) -> str:
-    """One row per front trial: trial, state, the study's metrics, epochs_trained, searched keys (dotted)."""
-    return report.front.to_csv(index=False)
-
-
-def json_text(report: Report) -> str:
-    """The summary as JSON: counts, the raw hypervolume with its reference, its share of the study's box, the
-    best trial per objective, the knee, each rung's Spearman correlation, importance, the seed comparisons,
-    and the front's rows."""
-    import json
-
-    from .importance import importance_json, seeds_json
-
-    summary = {
-        "study": report.study_name, "objectives": [o.model_dump() for o in report.objectives],
-        "trials": report.counts, "fail_reasons": report.fail_reasons, "usable": report.usable,
-        "hypervolume": {"raw": report.hypervolume, "reference": [float(v) for v in report.reference.values],
-                        "reference_source": report.reference.source, "share": report.normalized_hypervolume},
-        "best": {m: {"trial": t, "value": v} for m, (t, v) in report.best.items()},
-        "knee": report.plot.knee,
-        "rungs": [{"epoch": r.epoch, "final_epoch": r.final_epoch, "trials": len(r.trials), "spearman": r.spearman}
-                  for r in report.rungs],
-        "importance": importance_json(report.importance) if report.importance is not None else None,
-        "seeds": seeds_json(report.seeds),
-        "front": json.loads(report.front.to_json(orient="records")),
-    }
-    return json.dumps(summary, indent=2) + "\n"
-
-
-def html_text(figures: dict[str, "go.Figure"], title: str, summary: Sequence[str] = (),
-              links: Sequence[tuple[str, str]] = ()) -> str:
-    """The summary lines, the links to the front trials' reuse pages (label, relative href) and the figures as
-    one self-contained page (plots.render_html)."""
-    from .plots import render_html
-
-    return render_html(figures, html.escape(title), summary, links)
-
-
-def write_files(files: list[tuple[str, Path, str]]) -> list[Path]:
-    """Write (option, path, text) files: every folder is made first, so a bad path writes none of them."""
-    for option, path, _ in files:
-        _guard(option, path, lambda p: p.parent.mkdir(parents=True, exist_ok=True))
-    for option, path, text in files:
-        _guard(option, path, lambda p: p.write_text(text, encoding="utf-8"))
-    return [Path(path) for _, path, _ in files]
-
-
-def _guard(option: str, path: Path, action: Any) -> None:
-    try:
-        action(Path(path))
-    except OSError as e:
-        raise UserError(f"{option} {path}: can't write ({e.strerror or e.__class__.__name__})") from None
-
-
-def figure_ids(objectives: tuple[Objective, ...], include_partial: bool, keys: Any) -> list[str]:
-    """Dashboard graph ids, one per figure and view: `dsearch.val_acc-params.pair-params-val_acc`.
-
-    Fixed ids make a repeated `dsearch pareto` overwrite its figures instead of adding copies
-    (optuna-dashboard's default id is a fresh uuid4 per call).
-    """
-    view = "dsearch." + "-".join(o.metric for o in objectives) + (".partial" if include_partial else "")
-    return [f"{view}.{key}" for key in keys]
-
-
-def save_dashboard_figures(study: "optuna.Study", figures: dict[str, "go.Figure"], ids: list[str]) -> list[str]:
-    """Store the figures in the study (system attrs) so optuna-dashboard shows them; returns their ids."""
-    from optuna_dashboard import save_plotly_graph_object
-
-    return [save_plotly_graph_object(study, fig, graph_object_id=gid) for gid, fig in zip(ids, figures.values())]

@@ -24,9 +24,10 @@ from typing import TYPE_CHECKING, Optional
 
 import typer
 
-from ..analysis.report import (CSV_FILE, HTML_FILE, Report, build_report, csv_text, figure_ids, front_table, html_text,
-                               json_text, make_console, parse_reference, save_dashboard_figures, select_objectives,
-                               summary_lines, write_files)
+from ..analysis.outputs import (CSV_FILE, HTML_FILE, csv_text, figure_ids, html_text, json_text, save_dashboard_figures,
+                                write_files)
+from ..analysis.report import (Report, build_report, front_table, make_console, parse_reference, select_objectives,
+                               summary_lines)
 from ..analysis.reuse import REUSE_DIR
 from ..errors import UserError
 from ..search.io import open_study_with_space
@@ -62,7 +63,7 @@ def pareto_command(study_dir: Path | None, storage: str | None = None, objective
                    include_partial: bool = False, study_name: str | None = None,
                    json_path: Path | None = None) -> Report:
     """Print the front and its summary, write CSV and HTML, save the figures for the dashboard."""
-    from ..analysis.plots import build_figures
+    from ..analysis.search_figures import build_figures
 
     study, space = open_study_with_space(study_dir, storage, study_name)
     chosen = select_objectives(study, objectives)
