@@ -117,7 +117,7 @@ def test_pareto_from_another_directory_needs_no_study_folder(searched, tmp_path,
     assert out.endswith("HTML: studies/tiny/pareto.html\nCSV: studies/tiny/pareto.csv\n")
     rows = (tmp_path / "studies" / "tiny" / "pareto.csv").read_text().splitlines()
     assert rows[0].startswith("trial,state,val_acc,params,macs") and len(rows) >= 2
-    assert sorted(p.name for p in (tmp_path / "studies" / "tiny").iterdir()) == ["pareto.csv", "pareto.html"]
+    assert sorted(p.name for p in (tmp_path / "studies" / "tiny").iterdir()) == ["pareto.csv", "pareto.html", "reuse"]
 
 
 @pytest.mark.slow
