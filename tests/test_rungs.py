@@ -113,7 +113,7 @@ def test_the_promoted_share_tends_to_one_over_rf(rf):
     rng = np.random.default_rng(rf)
     r = Rungs([1], rf, MO)
     decisions = [r.on_report(i, [float(rng.uniform())], {PARAMS: float(rng.uniform(1e3, 1e5)),
-                                                          MACS: float(rng.uniform(1e5, 1e8))}) for i in range(1500)]
+                                                          MACS: float(rng.uniform(1e5, 1e8))}) for i in range(1000)]
     assert abs(np.mean(decisions) - 1 / rf) < 0.03, np.mean(decisions)
 
 
@@ -146,12 +146,12 @@ class _Trial:
 def test_with_val_acc_alone_it_decides_as_rays_asha_except_where_ray_interpolates(capsys):
     """Ray's ASHA stops an arrival below the interpolated (1 - 1/rf) quantile of the values already at the
     rung; ASHA as published (and this scheduler) keeps it if it is in the top ⌈n / rf⌉ of the rung, itself
-    included. Both are replayed on the same 1,000 streams; every decision is checked against its rule, and
+    included. Both are replayed on the same 400 streams; every decision is checked against its rule, and
     the two differ exactly where the rules do."""
     from ray.tune.schedulers import ASHAScheduler, TrialScheduler
 
     total = differ = 0
-    for seed in range(1000):
+    for seed in range(400):
         rf = (2, 3, 4)[seed % 3]
         ray = ASHAScheduler(time_attr="epoch", metric=VAL_ACC, mode="max", max_t=rf * rf, grace_period=1,
                             reduction_factor=rf)
@@ -181,4 +181,4 @@ def test_with_val_acc_alone_it_decides_as_rays_asha_except_where_ray_interpolate
             total += 1
             differ += ray_go != our_go
     print(f"\n{total} rung decisions, {differ} ({differ / total:.1%}) differ from Ray's ASHA")
-    assert total > 10_000 and 0 < differ / total < 0.25
+    assert total > 4_000 and 0 < differ / total < 0.25
