@@ -115,15 +115,15 @@ def front_reuse(study: "optuna.Study", report: Report, out_dir: Path, console) -
     skipped: the front report doesn't depend on it."""
     from ..analysis.export import trial_weights
     from ..analysis.reuse import compute_reuse
-    from ..search.record import find_trial
 
     results = {}
     numbers = [int(n) for n in report.front["trial"]]
+    trials = {t.number: t for t in study.get_trials(deepcopy=False)}   # one read of the study, not one per trial
     if numbers:
         console.print(f"reading the checkpoints of {len(numbers)} front trials for their feature-reuse figures…")
     for number in numbers:
         try:
-            _, weights = trial_weights(find_trial(study, number), out_dir)
+            _, weights = trial_weights(trials[number], out_dir)
             results[number] = compute_reuse(weights)
         except UserError as e:
             console.print(f"no reuse figure for trial {number}: {e}")
