@@ -14,6 +14,8 @@ from dsearch.training.config import DataConfig, TrainConfig, RunConfig
 from dsearch.training.data import Data, load_data
 from dsearch.training.data.splits import channel_stats, stratified_split
 from dsearch.training.data.tensors import PAD, augment
+
+from batches import white_data
 from dsearch.errors import UserError
 
 FASHION = Path("/usr/share/datasets/fashion-mnist")
@@ -278,12 +280,6 @@ def test_crop_offsets_4_4_without_flip_is_the_identity_and_0_0_shifts_in_zeros()
     assert torch.equal(shifted[1, :, :4, :4], x[1, :, 4:, 4:]) and shifted[1, :, 4:].eq(0).all()
     flipped = augment(x, torch.tensor([[4, 4], [4, 4]]), torch.tensor([True, False]))
     assert torch.equal(flipped[0], x[0].flip(-1)) and torch.equal(flipped[1], x[1])
-
-
-def white_data(n=64, flip=True):
-    x = torch.full((n, 3, 12, 12), 255, dtype=torch.uint8)
-    y = torch.zeros(n, dtype=torch.long)
-    return Data("t", x, y, x, y, 10, (0.5,) * 3, (0.25,) * 3, flip=flip, augment=True)
 
 
 def test_two_images_of_one_batch_get_different_crop_offsets():

@@ -17,10 +17,10 @@ from dsearch.strict import format_validation_error
 from dsearch.training.config import DataConfig, RunConfig, TrainConfig
 from dsearch.training.data import FolderData, load_data
 from dsearch.training.data.base import cut_holes
-from dsearch.training.data.tensors import Data
 from dsearch.training.loop import evaluate, fit
 from dsearch.training.schedule import lr_at, schedule_lr
 
+from batches import white_data
 from spaces import tiny_space
 
 # A 2-block DenseNet-BC with dropout (RNG for resume to get right), as tests/test_train.py's.
@@ -130,13 +130,6 @@ def test_a_hole_is_size_by_size_zeros_around_its_centre_clipped_at_the_border():
     assert [int((out[i, 0] == 0).sum()) for i in range(3)] == [16, 4, 12]
     odd = cut_holes(x, centres[:1], 3)                # an odd side is exactly 3 wide: rows 3 … 5
     assert int((odd[0, 0] == 0).sum()) == 9 and torch.equal(odd[0, :, 3:6, 3:6], torch.zeros(2, 3, 3))
-
-
-def white_data(n=64):
-    """n all-255 12×12 images; normalised with mean 0.5, std 0.25 they read 2, the crop's padding −2."""
-    x = torch.full((n, 3, 12, 12), 255, dtype=torch.uint8)
-    y = torch.zeros(n, dtype=torch.long)
-    return Data("t", x, y, x, y, 10, (0.5,) * 3, (0.25,) * 3, flip=True, augment=True)
 
 
 def test_cutout_zeroes_one_hole_per_image_and_leaves_every_other_draw_as_it_was():
