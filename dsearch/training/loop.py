@@ -23,6 +23,7 @@ from ..metrics import EPOCH, EPOCH_TIME, IMAGES_PER_S, LR, TRAIN_LOSS, VAL_ACC, 
 from .checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from .config import RunConfig, TrainConfig
 from .data import TrainingData
+from .precision import Precision, resolve_precision
 from .schedule import schedule_lr
 
 STOP = "stop"
@@ -48,6 +49,7 @@ class FitResult:
     peak_memory_bytes: int = 0
     epochs_trained: int = 0
     stopped_early: bool = False
+    precision: dict[str, Any] = field(default_factory=dict)   # Precision.record(): the dtype and layout trained in
 
 
 def resolve_device(t: TrainConfig) -> torch.device:
@@ -55,12 +57,6 @@ def resolve_device(t: TrainConfig) -> torch.device:
     if t.device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(t.device)
-
-
-def amp_dtype(t: TrainConfig, device: torch.device) -> torch.dtype | None:
-    """Autocast dtype: `auto` is bf16 on GPU and off on CPU."""
-    mode = t.amp if t.amp != "auto" else ("bf16" if device.type == "cuda" else "off")
-    return {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}[mode]
 
 
 def make_optimizer(model: nn.Module, t: TrainConfig) -> torch.optim.SGD:
@@ -155,13 +151,20 @@ class _Setup:
     """What fit trains with: the device, precision and memory layout chosen, and what lives on that device."""
 
     device: torch.device
-    amp: torch.dtype | None
-    channels_last: bool
+    precision: Precision
     data: TrainingData
     model: nn.Module
     step_model: nn.Module            # the model, or torch.compile's wrapper of it (same parameters)
     optimizer: torch.optim.SGD
     scaler: torch.amp.GradScaler | None
+
+    @property
+    def amp(self) -> torch.dtype | None:
+        return self.precision.amp
+
+    @property
+    def channels_last(self) -> bool:
+        return self.precision.channels_last
 
     def evaluate(self, batch_size: int) -> tuple[float, float]:
         """Mean loss (nats) and accuracy (fraction) on the eval split, in the training precision and layout."""
@@ -184,8 +187,6 @@ def _setup(run: RunConfig, data: TrainingData, model: nn.Module | None) -> _Setu
     if t.num_threads:
         torch.set_num_threads(t.num_threads)
     device = resolve_device(t)
-    amp = amp_dtype(t, device)
-    channels_last = t.channels_last if t.channels_last is not None else device.type == "cuda"
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
         torch.backends.cudnn.benchmark = True
@@ -196,6 +197,10 @@ def _setup(run: RunConfig, data: TrainingData, model: nn.Module | None) -> _Setu
         torch.manual_seed(t.seed)
         model = build_model(run.model)
     model = model.to(device)
+    shape = (min(t.batch_size, data.num_train), data.in_channels, data.image_size, data.image_size)
+    precision = resolve_precision(t.amp, t.channels_last, device, model=model, input_shape=shape,
+                                  num_classes=data.num_classes)
+    amp, channels_last = precision.amp, precision.channels_last
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     data = data.to(device)
@@ -204,7 +209,7 @@ def _setup(run: RunConfig, data: TrainingData, model: nn.Module | None) -> _Setu
     scaler = torch.amp.GradScaler(device.type) if amp == torch.float16 else None
     # torch.compile traces lazily, at the first call, so a checkpoint restored into `model` afterwards is used.
     step_model = torch.compile(model) if t.compile else model
-    return _Setup(device, amp, channels_last, data, model, step_model, optimizer, scaler)
+    return _Setup(device, precision, data, model, step_model, optimizer, scaler)
 
 
 def _restore(s: _Setup, checkpoint_path: Path) -> tuple[int, list[dict[str, Any]]]:
@@ -258,7 +263,7 @@ def _result(s: _Setup, history: list[dict[str, Any]], *, stopped: bool, test: tu
             clock: _Clock, t0: float) -> FitResult:
     """The FitResult of a finished fit; test is the final run's (loss, accuracy), None in a search run."""
     result = FitResult(model=s.model, history=history, stopped_early=stopped,
-                       epochs_trained=int(history[-1][EPOCH]) if history else 0)
+                       epochs_trained=int(history[-1][EPOCH]) if history else 0, precision=s.precision.record())
     accs = [h[VAL_ACC] for h in history if h[VAL_ACC] is not None]
     if accs:
         result.best_val_acc, result.final_val_acc = max(accs), accs[-1]
