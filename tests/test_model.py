@@ -191,3 +191,52 @@ def test_memory_efficient_backward_uses_the_bn_mode_of_its_forward(config, forwa
     torch.testing.assert_close(outs[1], outs[0], rtol=1e-5, atol=1e-5)
     for a, b in zip(*grads):
         torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-5)
+
+
+def _cat_dtypes(fn) -> list[torch.dtype]:
+    """Dtypes of every concatenation fn runs (forward and backward), from the dispatcher."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    seen = []
+
+    class Record(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            if func.overloadpacket is torch.ops.aten.cat:
+                seen.append(out.dtype)
+            return out
+
+    with Record():
+        fn()
+    return seen
+
+
+@pytest.mark.parametrize("config", [TINY, TINY.with_overrides(variant="densenet", depth=13),
+                                    TINY.with_overrides(block_layers=(2, 4), growth_rate=(3, 7), in_channels=1)])
+def test_memory_efficient_mode_under_cpu_bf16_autocast_matches_the_normal_path_and_stays_bf16(config):
+    """Equal outputs and gradients within bf16 rounding; every concatenation (forward and the recomputation in
+    backward) is bf16, as the normal path's, with no fp32 copy of the earlier feature maps."""
+    normal = build_model(config).train()
+    efficient = build_model(config, memory_efficient=True).train()
+    efficient.load_state_dict(normal.state_dict())
+    x = torch.randn(8, config.in_channels, 32, 32)
+    outs = {}
+    for name, model in (("normal", normal), ("efficient", efficient)):
+        def step(model=model, name=name):
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                outs[name] = model(x)
+            (outs[name].float() * torch.arange(outs[name].shape[1])).sum().backward()
+        cats = _cat_dtypes(step)
+        assert cats and set(cats) == {torch.bfloat16}, (name, cats)
+    assert outs["efficient"].dtype == outs["normal"].dtype == torch.bfloat16
+    # bf16 keeps 8 bits of mantissa (relative rounding 2^-8 ≈ 0.4 %); the two paths round in different places
+    torch.testing.assert_close(outs["efficient"].float(), outs["normal"].float(), rtol=0.05, atol=0.05)
+    for (name, a), b in zip(normal.named_parameters(), efficient.parameters()):
+        assert b.grad.dtype == torch.float32
+        scale = a.grad.abs().max().clamp_min(1e-6)
+        assert ((b.grad - a.grad).abs().max() / scale).item() < 0.05, name
+    for (name, a), b in zip(normal.named_buffers(), efficient.buffers()):
+        torch.testing.assert_close(b.float(), a.float(), rtol=0.02, atol=0.02, msg=name)
+    # and the fp32 path is unchanged: no autocast, no bf16 anywhere
+    normal.zero_grad()
+    assert set(_cat_dtypes(lambda: _train_step(normal, x))) == {torch.float32}

@@ -7,6 +7,11 @@ the total is quadratic in depth. This autograd Function keeps only the bottlenec
 are recomputed in backward from the earlier layers' outputs, which are alive anyway. The convs are
 not run again: their backward is called directly on the recomputed inputs. BN running statistics
 are updated once, in forward, exactly as nn.BatchNorm2d does.
+
+Under autocast (bf16 or fp16) the feature maps stay in their low precision as the normal path keeps them:
+concatenation, BN (low-precision input and output, fp32 weights and statistics, as nn.BatchNorm2d runs under
+autocast), ReLU and their recomputation in backward never build an fp32 copy of the earlier maps. Without
+autocast everything is fp32 as before.
 """
 
 from __future__ import annotations
@@ -51,7 +56,14 @@ def _bn_forward(bn: nn.BatchNorm2d, x: torch.Tensor, weight: torch.Tensor, bias:
 
 def _bn_recompute(bn: nn.BatchNorm2d, x: torch.Tensor, weight, bias, mean, invstd_or_var,
                   training: bool) -> torch.Tensor:
-    """The BN output again, from the statistics forward used (see _bn_forward)."""
+    """The BN output again, from the statistics forward used (see _bn_forward).
+
+    A low-precision x goes through native BN in its inference form with the same mean and variance, which
+    computes in fp32 per element and writes x's dtype: no fp32 copy of x.
+    """
+    if x.dtype != torch.float32:
+        var = invstd_or_var.pow(-2) - bn.eps if training else invstd_or_var
+        return aten.native_batch_norm(x, weight, bias, mean, var, False, 0.0, bn.eps)[0]
     invstd = invstd_or_var if training else torch.rsqrt(invstd_or_var + bn.eps)
     shape = (1, -1, 1, 1)
     scale = (invstd * weight).reshape(shape)
@@ -102,6 +114,12 @@ def _apply_mask(x: torch.Tensor, mask: torch.Tensor | None, p: float) -> torch.T
     return x if mask is None else x * mask / (1.0 - p)
 
 
+def _concat(feats) -> torch.Tensor:
+    """The feature maps concatenated in their common dtype (fp32 when they differ)."""
+    dtype = feats[0].dtype if all(f.dtype == feats[0].dtype for f in feats) else torch.float32
+    return torch.cat([f.to(dtype) for f in feats], 1) if len(feats) > 1 else feats[0].to(dtype)
+
+
 def _compute_dtype(x: torch.Tensor) -> torch.dtype:
     dev = x.device.type
     if torch.is_autocast_enabled(dev):
@@ -116,7 +134,7 @@ class _EfficientDenseLayer(torch.autograd.Function):
         dt = _compute_dtype(feats[0])
         p = layer.dropout if layer.training else 0.0
         with torch.autocast(feats[0].device.type, enabled=False):
-            x = torch.cat([f.float() for f in feats], 1) if len(feats) > 1 else feats[0].float()
+            x = _concat(feats)
             g1, b1, w1 = params[:3]
             y1, mean1, invstd1, train1 = _bn_forward(layer.norm1, x, g1, b1)
             del x
@@ -130,7 +148,7 @@ class _EfficientDenseLayer(torch.autograd.Function):
             if layer.bottleneck:
                 g2, b2, w2 = params[3:]
                 d1 = out
-                y2, mean2, invstd2, train2 = _bn_forward(layer.norm2, d1.float(), g2, b2)
+                y2, mean2, invstd2, train2 = _bn_forward(layer.norm2, d1, g2, b2)
                 out = _conv_forward(layer.conv2, y2.relu_(), w2, dt)
                 del y2
                 mask2 = _dropout_mask(out, p)
@@ -156,21 +174,20 @@ class _EfficientDenseLayer(torch.autograd.Function):
         with torch.autocast(dev, enabled=False):
             if layer.bottleneck:
                 g2, b2, w2, d1, mean2, invstd2 = rest[5:]
-                d1f = d1.float()
-                r2 = _bn_recompute(layer.norm2, d1f, g2, b2, mean2, invstd2, train2).relu_()
+                r2 = _bn_recompute(layer.norm2, d1, g2, b2, mean2, invstd2, train2).relu_()
                 g = _apply_mask(grad, mask2, p)
                 g_r2, g_w2 = _conv_backward(layer.conv2, g, r2, w2, dt, True)
-                g_y2 = aten.threshold_backward(g_r2.float(), r2, 0)
+                g_y2 = aten.threshold_backward(g_r2.to(r2.dtype), r2, 0)
                 del r2, g_r2
-                g_d1, g_g2, g_b2 = _bn_backward(layer.norm2, g_y2, d1f, g2, mean2, invstd2, train2)
-                del g_y2, d1f
+                g_d1, g_g2, g_b2 = _bn_backward(layer.norm2, g_y2, d1, g2, mean2, invstd2, train2)
+                del g_y2
                 grad = g_d1
                 grads_params = [g_g2, g_b2, g_w2]
             g = _apply_mask(grad, mask1, p)
-            x = torch.cat([f.float() for f in feats], 1) if n > 1 else feats[0].float()
+            x = _concat(feats)
             r1 = _bn_recompute(layer.norm1, x, g1, b1, mean1, invstd1, train1).relu_()
-            g_r1, g_w1 = _conv_backward(layer.conv1, g, r1, w1, dt, True)
-            g_y1 = aten.threshold_backward(g_r1.float(), r1, 0)
+            g_r1, g_w1 = _conv_backward(layer.conv1, g.to(r1.dtype), r1, w1, dt, True)
+            g_y1 = aten.threshold_backward(g_r1.to(r1.dtype), r1, 0)
             del r1, g_r1
             g_x, g_g1, g_b1 = _bn_backward(layer.norm1, g_y1, x, g1, mean1, invstd1, train1)
             del x, g_y1
@@ -187,7 +204,7 @@ class _EfficientTransition(torch.autograd.Function):
         dt = _compute_dtype(feats[0])
         p = trans.drop.p if hasattr(trans, "drop") and trans.training else 0.0
         with torch.autocast(feats[0].device.type, enabled=False):
-            x = torch.cat([f.float() for f in feats], 1)
+            x = _concat(feats)
             y, mean, invstd, bn_training = _bn_forward(trans.norm, x, g, b)
             del x
             out = _conv_forward(trans.conv, y.relu_(), w, dt)
@@ -212,11 +229,11 @@ class _EfficientTransition(torch.autograd.Function):
                                            [pool.padding] * 2, pool.ceil_mode, pool.count_include_pad, None)
             del shape_only
             g_c = _apply_mask(g_c, ctx.mask, p)
-            x = torch.cat([f.float() for f in feats], 1)
+            x = _concat(feats)
             r = _bn_recompute(trans.norm, x, g, b, mean, invstd, ctx.bn_training).relu_()
             g_r, g_w = _conv_backward(trans.conv, g_c, r, w, dt, True)
             del g_c
-            g_y = aten.threshold_backward(g_r.float(), r, 0)
+            g_y = aten.threshold_backward(g_r.to(r.dtype), r, 0)
             del r, g_r
             g_x, g_g, g_b = _bn_backward(trans.norm, g_y, x, g, mean, invstd, ctx.bn_training)
         return (None, None, *_split(g_x, feats, ctx.feat_dtypes, ctx.needs_input_grad[2:2 + n]), g_g, g_b, g_w)
