@@ -294,8 +294,12 @@ def test_an_interrupted_run_requeues_its_trial_which_resumes_bitwise_from_its_ch
     done = load_checkpoint(resumed.user_attrs["checkpoint"])
     epoch_times = [h["epoch_time"] for h in done["history"]]
     assert epoch_times[:2] == [h["epoch_time"] for h in load_checkpoint(first.user_attrs["checkpoint"])["history"]][:2]
-    # The same trial, never interrupted: same weights and the same curve, bit for bit.
+    # The resumed trial kept the layout it started in (recorded in its checkpoint and in both trials' attrs).
+    assert resumed.user_attrs["precision"] == first.user_attrs["precision"]
+    assert done["channels_last"] == ("channels_last" in first.user_attrs["precision"])
+    # The same trial, never interrupted, in that layout: same weights and the same curve, bit for bit.
     run = RunConfig.model_validate(json.loads(resumed.user_attrs["config"]))
+    run.train.channels_last = done["channels_last"]     # this process's own probe might choose the other
     straight = fit(run, load_data(run.data), checkpoint_path=tmp_path / "straight.pt")
     assert resumed.user_attrs["curve"] == [h["val_acc"] for h in straight.history]
     reference = straight.model.state_dict()

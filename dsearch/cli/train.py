@@ -257,9 +257,12 @@ def train_command(preset: str | None, dataset: str, sets: dict[str, Any], *, dat
         write_metrics(out / METRICS_CSV, history)
         bar.on_epoch(metrics)
 
+    def started(precision: dict[str, Any]) -> None:
+        bar.console.print(f"training in {precision['precision']} ({precision['precision_why']})")
+
     with bar:
         result = fit(run, data, callback=callback, checkpoint_path=ckpt, resume=resume, final=final,
-                     on_batch=bar.on_batch)
+                     on_batch=bar.on_batch, on_start=started)
     summary = {
         PARAMS: count_params(run.model),
         MACS: count_macs(run.model, input_size=(data.in_channels, data.image_size, data.image_size)),
@@ -268,7 +271,7 @@ def train_command(preset: str | None, dataset: str, sets: dict[str, Any], *, dat
         WALL_TIME_S: result.wall_time_s, TRAIN_TIME_S: result.train_time_s,
         IMAGES_PER_S: result.images_per_s, PEAK_MEMORY_BYTES: result.peak_memory_bytes,
         "num_train": data.num_train, "num_eval": data.num_eval, "eval_split": data.eval_split,
-        "config": run.model_dump(mode="json"),
+        **result.precision, "config": run.model_dump(mode="json"),
     }
     (out / SUMMARY_JSON).write_text(json.dumps(summary, indent=2) + "\n")
     acc = (f"test_acc {100 * result.test_acc:.2f}%" if result.test_acc is not None

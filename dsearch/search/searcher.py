@@ -25,8 +25,8 @@ from ..metrics import (EPOCH, IMAGES_PER_S, MACS, PARAMS, PEAK_MEMORY_BYTES, TRA
 from . import artifacts
 from . import record as st
 from .sampling import check_constraints, input_size, resolve, suggest
-from .trainable import (CHECKPOINT_FILE, EXCEPTION, NODE, NODE_ID, NODE_IP, RESUME_FROM, WORKER_DIED,
-                        WORKER_PID, TrialError, extend_curve)
+from .trainable import (CHECKPOINT_FILE, EXCEPTION, NODE, NODE_ID, NODE_IP, PRECISION, PRECISION_WHY,
+                        RESUME_FROM, WORKER_DIED, WORKER_PID, TrialError, extend_curve)
 
 if TYPE_CHECKING:
     import optuna
@@ -154,8 +154,10 @@ class StudySearcher(Searcher):
         if not extend_curve(info["curve"], result):
             return False
         info["last"] = result
-        # Where it runs, from its first report: a trial stopped at that report is told without on_trial_result.
-        info.setdefault("where", {k: result.get(k) for k in (NODE, NODE_IP, NODE_ID, WORKER_PID)})
+        # Where and how it runs, from its first report: a trial stopped at that report is told without
+        # on_trial_result.
+        info.setdefault("where", {k: result.get(k) for k in (NODE, NODE_IP, NODE_ID, WORKER_PID, PRECISION,
+                                                              PRECISION_WHY)})
         return True
 
     def _attrs(self, info: dict) -> dict[str, Any]:

@@ -20,6 +20,7 @@ RESUME_FROM = "resume_from"          # Ray config key: the checkpoint an interru
 RESUMED_CURVE = "resumed_curve"      # report key: val_acc of the epochs the checkpoint already holds
 # Report keys (and user attributes): where the trial runs, as a host name, the Ray node's IP and id, and a pid.
 NODE, NODE_IP, NODE_ID, WORKER_PID = "node", "node_ip", "node_id", "worker_pid"
+PRECISION, PRECISION_WHY = "precision", "precision_why"     # keys of Precision.record()
 
 # Error kinds, the `error_kind` user attribute of a FAIL(error) trial.
 DIVERGED, OUT_OF_MEMORY, EXCEPTION, WORKER_DIED = "diverged", "out_of_memory", "exception", "worker_died"
@@ -103,7 +104,11 @@ def _train(tune: Any, config: dict, data: Any) -> None:
         resumed = {}
         tune.report(out, checkpoint=tune.Checkpoint.from_directory(str(work)))
 
-    fit(run, data, callback=report, checkpoint_path=ckpt_path, resume=bool(config.get(RESUME_FROM)))
+    def started(precision: dict) -> None:
+        fixed.update({PRECISION: precision[PRECISION], PRECISION_WHY: precision[PRECISION_WHY]})
+
+    fit(run, data, callback=report, checkpoint_path=ckpt_path, resume=bool(config.get(RESUME_FROM)),
+        on_start=started)
 
 
 def check_data_here(data: Any, node: dict) -> None:

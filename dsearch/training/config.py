@@ -106,8 +106,10 @@ class TrainConfig(StrictModel):
     label_smoothing: float = 0.0                      # ε of the training loss's smoothed targets
     seed: int = 0
     device: str = "auto"                              # auto: cuda if available, else cpu
-    amp: Literal["auto", "off", "bf16", "fp16"] = "auto"  # auto: bf16 on GPU, off on CPU
-    channels_last: bool | None = None                 # None: on for GPU, off for CPU
+    # auto: bf16 where the hardware has it natively (GPU with bf16, else fp16; CPU with AVX-512 BF16 or AMX), else
+    # off (fp32). None: channels_last on GPU; on CPU the faster layout in a short probe (training/precision.py).
+    amp: Literal["auto", "off", "bf16", "fp16"] = "auto"
+    channels_last: bool | None = None
     compile: bool = False
     num_threads: int | None = None                    # torch threads on CPU
 

@@ -27,6 +27,7 @@ from .precision import Precision, resolve_precision
 from .schedule import schedule_lr
 
 STOP = "stop"
+CHANNELS_LAST = "channels_last"     # the checkpoint's record of the layout the run trained in
 
 
 class TrainingDiverged(UserError):
@@ -181,8 +182,11 @@ class _Clock:
     images: int = 0
 
 
-def _setup(run: RunConfig, data: TrainingData, model: nn.Module | None) -> _Setup:
-    """Pick device, autocast dtype and layout; build (seeded) or adopt the model; move model and data there."""
+def _setup(run: RunConfig, data: TrainingData, model: nn.Module | None, *, layout: bool | None = None) -> _Setup:
+    """Pick device, autocast dtype and layout; build (seeded) or adopt the model; move model and data there.
+
+    layout: the channels_last of the run being resumed, used when train.channels_last is null.
+    """
     t = run.train
     if t.num_threads:
         torch.set_num_threads(t.num_threads)
@@ -199,7 +203,7 @@ def _setup(run: RunConfig, data: TrainingData, model: nn.Module | None) -> _Setu
     model = model.to(device)
     shape = (min(t.batch_size, data.num_train), data.in_channels, data.image_size, data.image_size)
     precision = resolve_precision(t.amp, t.channels_last, device, model=model, input_shape=shape,
-                                  num_classes=data.num_classes)
+                                  num_classes=data.num_classes, resumed_layout=layout)
     amp, channels_last = precision.amp, precision.channels_last
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
@@ -212,9 +216,8 @@ def _setup(run: RunConfig, data: TrainingData, model: nn.Module | None) -> _Setu
     return _Setup(device, precision, data, model, step_model, optimizer, scaler)
 
 
-def _restore(s: _Setup, checkpoint_path: Path) -> tuple[int, list[dict[str, Any]]]:
+def _restore(s: _Setup, ck: dict[str, Any]) -> tuple[int, list[dict[str, Any]]]:
     """Load a checkpoint written by fit into s; the epochs it had done and their metrics."""
-    ck = load_checkpoint(checkpoint_path, s.device)
     s.model.load_state_dict(ck["model"])
     s.optimizer.load_state_dict(ck["optimizer"])
     if s.scaler is not None and "scaler" in ck:
@@ -252,7 +255,7 @@ def _checkpoint_state(s: _Setup, run: RunConfig, history: list[dict[str, Any]]) 
     """What is saved after the last epoch of history: enough for `_restore` to continue bitwise exactly."""
     last = history[-1]
     state = {"model": s.model.state_dict(), "optimizer": s.optimizer.state_dict(), "epoch": last[EPOCH],
-             "lr": last[LR], "rng": rng_state(), "history": history,
+             "lr": last[LR], "rng": rng_state(), "history": history, CHANNELS_LAST: s.channels_last,
              "config": run.model_dump(mode="json")}
     if s.scaler is not None:
         state["scaler"] = s.scaler.state_dict()
@@ -280,10 +283,12 @@ def fit(run: RunConfig, data: TrainingData, *, callback: Callable[[dict], Any] |
         checkpoint_path: Path | None = None, resume: bool = False, final: bool = False,
         model: nn.Module | None = None,
         on_batch: Callable[[int, int, int, float | None], None] | None = None,
-        eval_batch_size: int | None = None) -> FitResult:
+        eval_batch_size: int | None = None,
+        on_start: Callable[[dict[str, Any]], None] | None = None) -> FitResult:
     """Train under the paper protocol, epoch by epoch; callback(metrics) after each (return "stop" to stop).
 
     on_batch(epoch, step, steps, loss) is called after each step (loss every 10 steps, else None).
+    on_start(precision) is called once the dtype and layout are chosen (Precision.record()), before training.
     Times in seconds, images/s of the training loop only. final=True needs data loaded with final=True:
     there is no validation then; the test split is evaluated once, after the last epoch.
     """
@@ -292,10 +297,17 @@ def fit(run: RunConfig, data: TrainingData, *, callback: Callable[[dict], Any] |
     if final != (data.eval_split == "test"):
         raise UserError(f"fit(final={final}) needs data loaded with final={final} "
                         f"(this data's eval split is {data.eval_split!r})")
-    s = _setup(run, data, model)
-    start, history = 0, []
+    ck = None
     if resume and checkpoint_path is not None and Path(checkpoint_path).exists():
-        start, history = _restore(s, checkpoint_path)
+        ck = load_checkpoint(checkpoint_path, resolve_device(t))
+    # A resumed run keeps the layout it started in (the probe might choose the other one this time).
+    s = _setup(run, data, model, layout=ck.get(CHANNELS_LAST) if ck else None)
+    if on_start is not None:
+        on_start(s.precision.record())
+    start, history = 0, []
+    if ck is not None:
+        start, history = _restore(s, ck)
+        del ck
     eval_bs = eval_batch_size or 2 * t.batch_size
     clock = _Clock()
     stopped = False

@@ -173,8 +173,12 @@ def probe_layouts(model: nn.Module, input_shape: tuple[int, ...], num_classes: i
 
 def resolve_precision(amp_setting: str, layout_setting: bool | None, device: torch.device, *,
                       model: nn.Module | None = None, input_shape: tuple[int, ...] | None = None,
-                      num_classes: int = 10) -> Precision:
-    """The run's Precision: the pure choices above, fed by this machine's features and, on a CPU, the probe."""
+                      num_classes: int = 10, resumed_layout: bool | None = None) -> Precision:
+    """The run's Precision: the pure choices above, fed by this machine's features and, on a CPU, the probe.
+
+    resumed_layout: the layout of the run being resumed; it stands in for the probe, so a resumed run continues
+    in the layout it started in.
+    """
     dev = device.type
     cpu = detect_cpu() if dev == "cpu" else None
     cuda_bf16 = dev == "cuda" and torch.cuda.is_bf16_supported(including_emulation=False)
@@ -188,6 +192,9 @@ def resolve_precision(amp_setting: str, layout_setting: bool | None, device: tor
     else:
         why = f"auto: {dev}"
     probe: dict[bool, float] = {}
+    if layout_setting is None and resumed_layout is not None:
+        return Precision(amp, resumed_layout, why + "; channels_last " + ("on" if resumed_layout else "off") +
+                         " as in the run resumed")
     if layout_setting is None and dev == "cpu" and model is not None and input_shape is not None:
         probe = probe_layouts(model, input_shape, num_classes, amp)
     cl = choose_layout(layout_setting, dev, probe)
