@@ -186,7 +186,7 @@ class _EfficientDenseLayer(torch.autograd.Function):
             g = _apply_mask(grad, mask1, p)
             x = _concat(feats)
             r1 = _bn_recompute(layer.norm1, x, g1, b1, mean1, invstd1, train1).relu_()
-            g_r1, g_w1 = _conv_backward(layer.conv1, g.to(r1.dtype), r1, w1, dt, True)
+            g_r1, g_w1 = _conv_backward(layer.conv1, g, r1, w1, dt, True)
             g_y1 = aten.threshold_backward(g_r1.to(r1.dtype), r1, 0)
             del r1, g_r1
             g_x, g_g1, g_b1 = _bn_backward(layer.norm1, g_y1, x, g1, mean1, invstd1, train1)

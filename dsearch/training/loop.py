@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import resource
 import time
-from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -23,7 +22,7 @@ from ..metrics import EPOCH, EPOCH_TIME, IMAGES_PER_S, LR, TRAIN_LOSS, VAL_ACC, 
 from .checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from .config import RunConfig, TrainConfig
 from .data import TrainingData
-from .precision import Precision, resolve_precision
+from .precision import Precision, autocast, resolve_precision
 from .schedule import schedule_lr
 
 STOP = "stop"
@@ -77,16 +76,12 @@ def evaluate(model: nn.Module, data: TrainingData, *, batch_size: int = 256, amp
         for x, y in data.eval_batches(batch_size):
             if channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
-            with _autocast(data.device, amp):
+            with autocast(data.device.type, amp):
                 out = model(x)
             loss_sum += F.cross_entropy(out.float(), y, reduction="sum").double()
             correct += (out.argmax(1) == y).sum()
             n += len(y)
     return float(loss_sum) / max(n, 1), int(correct) / max(n, 1)
-
-
-def _autocast(device: torch.device, dtype: torch.dtype | None):
-    return torch.autocast(device.type, dtype=dtype) if dtype is not None else nullcontext()
 
 
 def _epoch_seed(seed: int, epoch: int) -> int:
@@ -120,7 +115,7 @@ def _train_epoch(model: nn.Module, data: TrainingData, optimizer, scaler, t: Tra
             group["lr"] = lr
         if channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        with _autocast(device, amp):
+        with autocast(device.type, amp):
             out = model(x)
         # Smoothing is a training-time target only: evaluate() reports the plain cross-entropy.
         loss = F.cross_entropy(out.float(), y, label_smoothing=t.label_smoothing)

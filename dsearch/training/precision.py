@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import copy
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -100,6 +101,11 @@ def choose_layout(setting: bool | None, device_type: str, probe: dict[bool, floa
     return probe[True] * PROBE_MARGIN <= probe[False]
 
 
+def autocast(device_type: str, dtype: torch.dtype | None):
+    """torch.autocast in dtype, or no autocast (fp32) for None: how fit and the probe run a step."""
+    return torch.autocast(device_type, dtype=dtype) if dtype is not None else nullcontext()
+
+
 def describe(amp: torch.dtype | None, channels_last: bool) -> str:
     """`bf16 + channels_last`, `fp32`, … as the bench and the logs print it."""
     name = {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[amp]
@@ -129,12 +135,10 @@ class Precision:
 
 def _step_seconds(model: nn.Module, x: torch.Tensor, y: torch.Tensor, amp: torch.dtype | None,
                   steps: int) -> float:
-    ctx = torch.autocast(x.device.type, dtype=amp) if amp is not None else torch.autocast(x.device.type,
-                                                                                          enabled=False)
     best = float("inf")
     for i in range(steps + 1):
         t0 = time.perf_counter()
-        with ctx:
+        with autocast(x.device.type, amp):
             out = model(x)
         F.cross_entropy(out.float(), y).backward()
         model.zero_grad(set_to_none=True)
