@@ -8,7 +8,7 @@ everywhere ("minimisation form"). No sign tricks are left to the caller.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -111,21 +111,26 @@ def farthest_point_order(points: np.ndarray) -> np.ndarray:
     """The points (one front) in ε-net order: first the best on the first objective, then each time the one
     farthest (Euclidean, over each objective's range) from all picked so far; ties by index. Position in the
     order is the rank: earlier = covers more of the front."""
+    return np.fromiter(farthest_points(points), dtype=int, count=len(points))
+
+
+def farthest_points(points: np.ndarray) -> Iterator[int]:
+    """farthest_point_order one index at a time (a caller that needs only the start of the order stops early)."""
     n = len(points)
     if n == 0:
-        return np.zeros(0, dtype=int)
+        return
     scaled = (points - points.min(axis=0)) / _spans(points)
     first = int(np.lexsort((np.arange(n), scaled[:, 0]))[0])
-    order, picked = [first], np.zeros(n, dtype=bool)
+    picked = np.zeros(n, dtype=bool)
     picked[first] = True
+    yield first
     nearest = np.linalg.norm(scaled - scaled[first], axis=1)
     for _ in range(n - 1):
         candidates = np.where(picked, -np.inf, nearest)
         nxt = int(np.argmax(candidates))        # argmax takes the lowest index among equals
-        order.append(nxt)
         picked[nxt] = True
+        yield nxt
         nearest = np.minimum(nearest, np.linalg.norm(scaled - scaled[nxt], axis=1))
-    return np.asarray(order)
 
 
 def rank_order(points: np.ndarray, tie_break: str = CROWDING) -> np.ndarray:
@@ -143,3 +148,80 @@ def rank_order(points: np.ndarray, tie_break: str = CROWDING) -> np.ndarray:
         else:
             within[members[farthest_point_order(points[members])]] = np.arange(len(members))
     return np.lexsort((np.arange(n), within, front))
+
+
+class FrontLevels:
+    """The non-dominated front of each point of a growing set (minimisation form), kept exact point by point.
+
+    After any sequence of `add`s, `levels` equals `front_indices(points)`: a point's level is 0 when no point
+    dominates it, else 1 + the highest level among those that do. Adding x gives it that level from its
+    dominators; the points x dominates may rise, and by one level at most (Li et al. 2016, ENLU): those on x's
+    level that x dominates, then those on the next level dominated by one that rose, and so on until none rises.
+    One `add` costs two vectorised comparisons with every point, plus the cascade (among the points x dominates).
+    """
+
+    def __init__(self, n_objectives: int) -> None:
+        self._cols = np.empty((n_objectives, 64))          # one row per objective: column-wise comparisons
+        self._levels = np.empty(64, dtype=np.int64)
+        self._n = 0
+
+    def __len__(self) -> int:
+        return self._n
+
+    @property
+    def points(self) -> np.ndarray:
+        """(n, m) view of the points, in the order added."""
+        return self._cols[:, :self._n].T
+
+    @property
+    def levels(self) -> np.ndarray:
+        """(n,) view of each point's front, in the order added."""
+        return self._levels[:self._n]
+
+    def add(self, point: Any) -> int:
+        """Add one point (length m, minimisation form, finite); returns its front. Its index is len(self) - 1."""
+        x = np.asarray(point, dtype=float)
+        if x.shape != (len(self._cols),):
+            raise ValueError(f"point must have shape ({len(self._cols)},), got {x.shape}")
+        n, cols, levels = self._n, self._cols[:, :self._n], self._levels[:self._n]
+        no_worse, no_better = _no_worse_no_better(cols, x)
+        dominators = no_worse & ~no_better                 # no worse everywhere, not equal everywhere
+        level = int(levels[dominators].max()) + 1 if dominators.any() else 0
+        below = np.flatnonzero(no_better & ~no_worse)      # the points x dominates: all on level ≥ its own
+        if below.size:
+            self._cascade(below, level)
+        if n == self._cols.shape[1]:
+            self._cols = np.concatenate([self._cols, np.empty_like(self._cols)], axis=1)
+            self._levels = np.concatenate([self._levels, np.empty_like(self._levels)])
+        self._cols[:, n] = x
+        self._levels[n] = level
+        self._n = n + 1
+        return level
+
+    def _cascade(self, below: np.ndarray, level: int) -> None:
+        """Raise by one the fronts that x (on `level`, dominating `below`) pushes down, level after level."""
+        old = self._levels[below]
+        order = np.argsort(old, kind="stable")
+        below, old = below[order], old[order]
+        moved = below[np.searchsorted(old, level, "left"):np.searchsorted(old, level, "right")]
+        while moved.size:
+            nxt = below[np.searchsorted(old, level + 1, "left"):np.searchsorted(old, level + 1, "right")]
+            self._levels[moved] += 1
+            if not nxt.size:
+                break
+            hit = np.zeros(nxt.size, dtype=bool)
+            step = max(1, (1 << 22) // nxt.size)            # bounded memory: chunks of the risen points
+            for start in range(0, moved.size, step):
+                chunk = self._cols[:, moved[start:start + step]]
+                no_worse, no_better = _no_worse_no_better(self._cols[:, nxt][:, None, :], chunk[:, :, None])
+                hit |= (no_better & ~no_worse).any(axis=0)  # nxt[j] is dominated by some risen point
+            moved, level = nxt[hit], level + 1
+
+
+def _no_worse_no_better(cols: np.ndarray, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per point of `cols` (objectives first), whether it is ≤ x in every objective, and ≥ x in every one."""
+    no_worse, no_better = cols[0] <= x[0], cols[0] >= x[0]
+    for j in range(1, len(cols)):
+        no_worse &= cols[j] <= x[j]
+        no_better &= cols[j] >= x[j]
+    return no_worse, no_better

@@ -82,29 +82,30 @@ params:
 
 
 def _searcher(tmp_path, max_params):
+    from dsearch.search.engine import Engine
     from dsearch.search.io import parse_space
     from dsearch.search.searcher import StudySearcher
 
     space = parse_space(SPACE.replace("MAXP", str(max_params)))
     (tmp_path / "s").mkdir()
-    return space, StudySearcher(space, st.create_or_load(space, tmp_path / "s"), tmp_path / "s", 1)
+    return space, StudySearcher(Engine(space, st.create_or_load(space, tmp_path / "s"), tmp_path / "s", 1))
 
 
 def test_samples_rejected_before_training_do_not_use_up_num_samples(tmp_path):
     space, searcher = _searcher(tmp_path, 6000)
     proposals = [searcher.suggest(str(i)) for i in range(3)]
     assert all(isinstance(p, dict) and p["params"] <= 6000 for p in proposals)   # 3 trainable trials proposed
-    rejected = [t for t in searcher.study.trials if t.state == TrialState.FAIL]
+    rejected = [t for t in searcher.engine.study.trials if t.state == TrialState.FAIL]
     assert rejected and all(t.user_attrs["fail_reason"] == "over_budget" for t in rejected)
-    assert st.counted_trials(searcher.study) == 3 and st.rejected_trials(searcher.study)["over_budget"] == len(rejected)
+    assert st.counted_trials(searcher.engine.study) == 3 and st.rejected_trials(searcher.engine.study)["over_budget"] == len(rejected)
     assert searcher.suggest("3") == "FINISHED"                   # num_samples trained, the rest still free
 
 
 def test_a_space_almost_all_over_the_constraints_stops_after_ten_times_num_samples_rejections(tmp_path):
     space, searcher = _searcher(tmp_path, 100)                   # no DenseNet-BC here has ≤ 100 parameters
     assert searcher.suggest("0") == "FINISHED"
-    assert len(searcher.study.trials) == 30 and st.counted_trials(searcher.study) == 0
-    assert searcher.infeasible == ("30 of the 30 configurations sampled (100%) were rejected before training "
+    assert len(searcher.engine.study.trials) == 30 and st.counted_trials(searcher.engine.study) == 0
+    assert searcher.engine.infeasible == ("30 of the 30 configurations sampled (100%) were rejected before training "
                                    "(over_budget 30), past the cap of 10 × num_samples; widen the constraints or "
                                    "narrow params to the feasible part of the space")
 

@@ -6,6 +6,7 @@ random length; a trial stopped at a rung frees its worker for the next one.
 
 import heapq
 import math
+from fractions import Fraction
 
 import numpy as np
 import pytest
@@ -182,3 +183,104 @@ def test_with_val_acc_alone_it_decides_as_rays_asha_except_where_ray_interpolate
             differ += ray_go != our_go
     print(f"\n{total} rung decisions, {differ} ({differ / total:.1%}) differ from Ray's ASHA")
     assert total > 4_000 and 0 < differ / total < 0.25
+
+
+# --- the incremental rank decides as rank_order on the whole rung -----------------------------------------------
+
+def reference_goes_on(recorded: dict, trial: int, objectives, tie_break: str, rf: float) -> bool:
+    """The O(n²) rule as goes_on had it: rank_order on every finite vector of the rung (trial number as the index);
+    only ⌈n / rf⌉ is exact now (rf as its decimal)."""
+    ids = sorted(recorded)
+    if any(not math.isfinite(v) for v in recorded[trial]):
+        return False
+    finite = [i for i in ids if all(math.isfinite(x) for x in recorded[i])]
+    points = to_minimization([recorded[i] for i in finite], [d for _, d in objectives])
+    order = [finite[k] for k in rank_order(points, tie_break)]
+    return order.index(trial) < math.ceil(Fraction(len(ids)) / Fraction(str(rf)))
+
+
+class ReferenceRungs(Rungs):
+    def goes_on(self, rung: int, trial: int) -> bool:
+        return reference_goes_on(self.recorded[rung], trial, self.objectives, self.tie_break, self.reduction_factor)
+
+
+MO2 = [(VAL_ACC, MAXIMIZE), (PARAMS, MINIMIZE)]
+
+
+def tricky_report(rng: np.random.Generator, pool: list) -> tuple[list[float], dict[str, float]]:
+    """A curve and fixed values with the ties a search makes: val_acc on a coarse grid (31 values), repeated
+    architectures (identical params and MACs), the same MACs at other params, repeated whole vectors, NaN and inf."""
+    u = rng.uniform()
+    if u < 0.1 and pool:
+        curve, fixed = pool[int(rng.integers(len(pool)))]           # a duplicate of an earlier report
+        return list(curve), dict(fixed)
+    params = float(rng.choice([1e4, 2e4, 5e4, 1e5])) if u < 0.4 else float(rng.integers(1_000, 200_000))
+    macs = float(rng.choice([1e6, 5e6])) if u > 0.85 else params * float(rng.integers(50, 400))
+    acc = [int(rng.integers(15, 46)) / 50 for _ in range(3)]        # 0.30, 0.32, …, 0.90
+    if rng.uniform() < 0.04:
+        acc[int(rng.integers(3))] = float(rng.choice([np.nan, np.inf, -np.inf]))
+    if rng.uniform() < 0.01:
+        params = math.inf
+    pool.append((acc, {PARAMS: params, MACS: macs}))
+    return acc, {PARAMS: params, MACS: macs}
+
+
+@pytest.mark.parametrize("objectives", [SO, MO2, MO], ids=["1obj", "2obj", "3obj"])
+@pytest.mark.parametrize("tie_break", ["crowding", "epsilon"])
+def test_incremental_decisions_equal_rank_order_on_the_whole_rung(objectives, tie_break):
+    rf = (2, 3, 2.3)[(2 * len(objectives) + (tie_break == "epsilon")) % 3]    # each rf with two objective sets
+    rng = np.random.default_rng([len(objectives), tie_break == "epsilon"])
+    ours, ref, pool = Rungs([1], rf, objectives, tie_break), ReferenceRungs([1], rf, objectives, tie_break), []
+    decisions = []
+    for t in rng.permutation(600)[:250].tolist():                       # trial numbers arrive out of order
+        curve, fixed = tricky_report(rng, pool)
+        decisions.append(ref.on_report(t, curve, fixed))
+        assert ours.on_report(t, curve, fixed) == decisions[-1], (t, len(ours.recorded[1]))
+    assert ours.recorded == ref.recorded
+    assert 0 < sum(decisions) < len(decisions)
+
+
+@pytest.mark.parametrize("objectives, rf, tie_break", [(SO, 2.3, "crowding"), (MO2, 2, "epsilon"), (MO, 3, "crowding")],
+                         ids=["1obj", "2obj", "3obj"])
+def test_rebuild_direct_writes_and_reports_interleaved_decide_as_rank_order(objectives, rf, tie_break):
+    """recorded is the source of truth: rebuild(), and writes to recorded behind the scheduler's back (new
+    trials, overwritten vectors, deleted ones), between reports; every decision and any goes_on as rank_order."""
+    rng = np.random.default_rng(len(objectives))
+    ours, ref, pool = Rungs([1, 2], rf, objectives, tie_break), ReferenceRungs([1, 2], rf, objectives, tie_break), []
+    trials = iter(rng.permutation(2000).tolist())
+    for step in range(120):
+        u = rng.uniform()
+        if u < 0.1:
+            batch = [(next(trials), *tricky_report(rng, pool)) for _ in range(int(rng.integers(1, 25)))]
+            ours.rebuild(batch)
+            ref.rebuild(batch)
+        elif u < 0.16 and ours.recorded[1]:
+            t = int(rng.choice(list(ours.recorded[1])))
+            if rng.uniform() < 0.5:
+                del ours.recorded[1][t], ref.recorded[1][t]
+            else:
+                curve, fixed = tricky_report(rng, pool)
+                ours.recorded[1][t] = ref.recorded[1][t] = ours.vector(curve, 1, fixed)
+        elif u < 0.2:
+            t, (curve, fixed) = next(trials), tricky_report(rng, pool)
+            ours.recorded[2][t] = ref.recorded[2][t] = ours.vector(curve, 2, fixed)
+        else:
+            t, (curve, fixed) = next(trials), tricky_report(rng, pool)
+            curve = curve[:int(rng.integers(1, 4))]
+            assert ours.on_report(t, curve, fixed) == ref.on_report(t, curve, fixed), step
+        rung = 1 + step % 2
+        if ours.recorded[rung]:
+            t = int(rng.choice(list(ours.recorded[rung])))            # any recorded trial, not only an arrival
+            assert ours.goes_on(rung, t) == ref.goes_on(rung, t), (step, rung, t)
+    assert ours.recorded == ref.recorded and len(ours.recorded[1]) > 100
+
+
+def test_the_number_kept_is_the_exact_ceiling_of_n_over_rf():
+    # 69 / 2.3 is 30 exactly; in floating point it is 30.000000000000004, whose ceiling kept 31.
+    assert 69 / 2.3 > 30
+    r = Rungs([1], 2.3, SO)
+    r.recorded[1].update({t: (1.0 - t / 100,) for t in range(69)})     # trial t is t-th best
+    assert [r.goes_on(1, t) for t in (29, 30)] == [True, False]
+    r = Rungs([1], 2, SO)
+    r.recorded[1].update({t: (1.0 - t / 100,) for t in range(9)})
+    assert [r.goes_on(1, t) for t in (4, 5)] == [True, False]          # ⌈9 / 2⌉ = 5

@@ -296,7 +296,7 @@ BAD = [
     (_set("params/model.depth/type", "integer"), "params.model.depth.type", "'integer' is not int", "did you mean int?"),
     (_set("params/model.dropout", 0.2), "params.model.dropout", "expected a spec", "goes under `fixed`"),
     (_drop("budget"), "budget", "missing", ""),
-    (_set("sampler/type", "cmaes"), "sampler.type", "'tpe', 'nsga2', 'random' or 'gp'", "'cmaes'"),
+    (_set("sampler/type", "cmaes"), "sampler.type", "'tpe', 'nsga2', 'random', 'gp' or 'grid'", "'cmaes'"),
     (_set("data/augmnt", True), "data.augmnt", "unknown key", "did you mean augment?"),
     (_set("name", "a/b"), "name", "directory name", ""),
 ]

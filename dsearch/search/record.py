@@ -27,6 +27,7 @@ if TYPE_CHECKING:
 EPOCHS_TRAINED = "epochs_trained"
 MAX_EPOCHS = "max_epochs"
 CURVE = "curve"
+EPOCH_TIMES = "epoch_times"        # seconds per epoch (training + validation), in step with CURVE
 CONFIG = "config"
 SEED = "seed"
 CHECKPOINT = "checkpoint"
@@ -35,7 +36,7 @@ ERROR = "error"
 ERROR_KIND = "error_kind"          # of a FAIL(error): diverged, out_of_memory, exception, worker_died
 TRACEBACK = "traceback"            # of a FAIL(error): the file holding its full traceback
 REQUEUED_FROM = "requeued_from"
-FAIL_REASONS = ("invalid", "over_budget", "error", "interrupted")
+FAIL_REASONS = ("invalid", "over_budget", "not_in_table", "error", "interrupted")
 
 
 SPACE_ATTR = "dsearch:space"       # study system attr: the resolved space YAML the study was created with
@@ -55,11 +56,11 @@ def make_sampler(kind: str, seed: int | None) -> "optuna.samplers.BaseSampler":
         return optuna.samplers.TPESampler(seed=seed, multivariate=True, n_startup_trials=5, constant_liar=True)
     if kind == "nsga2":
         return optuna.samplers.NSGAIISampler(seed=seed)
-    if kind == "random":
+    if kind in ("random", "grid"):       # grid: its points are queued in the study; random past them
         return optuna.samplers.RandomSampler(seed=seed)
     if kind == "gp":
         return optuna.samplers.GPSampler(seed=seed)
-    raise UserError(f"sampler.type: unknown sampler {kind!r} (tpe, nsga2, random, gp)")
+    raise UserError(f"sampler.type: unknown sampler {kind!r} (tpe, nsga2, random, gp, grid)")
 
 
 def _quiet_optuna() -> None:
@@ -77,8 +78,6 @@ def create_or_load(space: "SearchSpace", study_dir: Path, storage: str | None = 
     """
     import optuna
 
-    from .sampling import seed_params
-
     _quiet_optuna()
     url = storage_url(study_dir, storage)
     existed = db_exists(url)
@@ -90,19 +89,31 @@ def create_or_load(space: "SearchSpace", study_dir: Path, storage: str | None = 
                         "use another --study-dir or --storage")
     if space.name in names:
         _check_stored_space(space, url, rdb)
-    study = optuna.create_study(study_name=space.name, storage=rdb, directions=space.directions,
-                                sampler=sampler, load_if_exists=True)
-    if space.name not in names:
-        import warnings
+        return optuna.load_study(study_name=space.name, storage=rdb, sampler=sampler)
+    return new_study(space, rdb, sampler)
 
-        from .io import dump_space
 
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            study.set_metric_names(space.metrics)
-        rdb.set_study_system_attr(rdb.get_study_id_from_name(space.name), SPACE_ATTR, dump_space(space))
-        for params in seed_params(space):
-            study.enqueue_trial(params, skip_if_exists=True)
+def new_study(space: "SearchSpace", storage: Any, sampler: "optuna.samplers.BaseSampler") -> "optuna.Study":
+    """A new study of the space in `storage` (an RDB or in-memory storage): its directions, metric names, the
+    resolved space, the seed trials and a grid sampler's points queued."""
+    import warnings
+
+    import optuna
+
+    from .io import dump_space
+    from .sampling import grid_params, seed_params
+
+    study = optuna.create_study(study_name=space.name, storage=storage, directions=space.directions,
+                                sampler=sampler)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        study.set_metric_names(space.metrics)
+    study._storage.set_study_system_attr(study._study_id, SPACE_ATTR, dump_space(space))
+    for params in seed_params(space):
+        study.enqueue_trial(params, skip_if_exists=True)
+    if space.sampler.type == "grid":      # repeats of a point are separate runs (their own training seeds)
+        for params in grid_params(space):
+            study.enqueue_trial(params)
     return study
 
 
@@ -189,7 +200,8 @@ def set_attrs(trial: "optuna.Trial", attrs: dict[str, Any]) -> None:
         trial.set_user_attr(key, value)
 
 
-REJECTED = ("invalid", "over_budget")    # FAIL reasons of samples refused before training (priced, free)
+# FAIL reasons of samples refused before training (priced, free; not_in_table: a replay's table lacks it).
+REJECTED = ("invalid", "over_budget", "not_in_table")
 
 
 def counted_trials(study: "optuna.Study") -> int:

@@ -14,7 +14,8 @@ from pydantic import TypeAdapter, ValidationError
 from ..errors import ConfigError, did_you_mean
 from ..metrics import VAL_LOSS
 from ..training.config import DataConfig
-from .sampling import DATA_KEYS, DESTINATIONS, condition_holds, resolve, same_value
+from .sampling import (DATA_KEYS, DESTINATIONS, GRID_LIMIT, condition_holds, grid_size, grid_values, resolve,
+                       same_value)
 
 if TYPE_CHECKING:
     from .schema import SearchSpace
@@ -54,9 +55,22 @@ def check_space(space: "SearchSpace") -> None:
         if p.type == "float" and not _accepts(key, 0.5):
             raise ValueError(f"params.{key}: {key} takes no fractional values; use type: int or categorical")
     _check_conditions(space)
+    if space.sampler.type == "grid":
+        _check_grid(space)
     _check_feasible(space)
     for i, seed in enumerate(space.seed_trials):
         _check_seed(space, i, seed)
+
+
+def _check_grid(space: "SearchSpace") -> None:
+    """A grid needs finite params (categorical, int, float with a step) and a grid of at most GRID_LIMIT points."""
+    for key, p in space.params.items():
+        if grid_values(p) is None:
+            raise ValueError(f"params.{key}: sampler.type grid needs finite values (categorical, int without "
+                             "log, or float with a step)")
+    if grid_size(space) > GRID_LIMIT:
+        raise ValueError(f"sampler: the grid has {grid_size(space):,} points, over {GRID_LIMIT:,}; use fewer values "
+                         "or another sampler")
 
 
 def searchable_keys() -> list[str]:

@@ -8,6 +8,11 @@ then, inside a front, NSGA-II's crowding distance (or an ε-net order). With val
 
 The state is a function of the recorded vectors only (ties are broken by trial number, not by arrival),
 so rebuilding the rungs from the study's curves after a kill gives the decisions of an uninterrupted run.
+
+The decision is that of `ranking.rank_order` on the rung's finite vectors (trial number as the index), without
+ranking them all: each rung keeps its points' fronts up to date as they arrive (`ranking.FrontLevels`), and an
+arrival's rank is the number of points on the fronts before its own plus its place inside its front, which only
+its front's members decide. About O(n) numpy work per arrival, not rank_order's n × n.
 """
 
 from __future__ import annotations
@@ -15,9 +20,14 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from fractions import Fraction
+from itertools import islice
+from numbers import Rational
+
+import numpy as np
 
 from ..metrics import VAL_ACC
-from ..ranking import CROWDING, rank_order, to_minimization
+from ..ranking import CROWDING, TIE_BREAKS, FrontLevels, crowding_distance, direction_signs, farthest_points
 
 
 def milestones(max_epochs: int, grace_period: int, reduction_factor: float,
@@ -63,6 +73,7 @@ class Rungs:
     objectives: list[tuple[str, str]]
     tie_break: str = CROWDING
     recorded: dict[int, dict[int, tuple[float, ...]]] = field(default_factory=dict)   # rung → trial → vector
+    _states: dict[int, _RungState] = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         for r in self.rungs:
@@ -72,16 +83,34 @@ class Rungs:
         return tuple(float(curve[epoch - 1]) if m == VAL_ACC else float(fixed[m]) for m, _ in self.objectives)
 
     def goes_on(self, rung: int, trial: int) -> bool:
-        """Whether `trial`, already recorded at `rung`, is within the top ⌈n / rf⌉ of the rung."""
-        ids = sorted(self.recorded[rung])
-        values = [self.recorded[rung][i] for i in ids]
+        """Whether `trial`, already recorded at `rung`, is within the top ⌈n / rf⌉ of the rung.
+
+        n counts every vector at the rung; the rank is `rank_order`'s among the finite ones (front, then the
+        tie break inside it, then trial number). A vector with a NaN or inf never ranks and never goes on."""
+        state = self._synced(rung)
         if any(not math.isfinite(v) for v in self.recorded[rung][trial]):
             return False                       # a NaN accuracy never ranks (the trial diverged)
-        finite = [i for i, v in zip(ids, values) if all(math.isfinite(x) for x in v)]
-        points = to_minimization([self.recorded[rung][i] for i in finite], [d for _, d in self.objectives])
-        order = [finite[k] for k in rank_order(points, self.tie_break)]
-        keep = math.ceil(len(ids) / self.reduction_factor)
-        return order.index(trial) < keep
+        if self.tie_break not in TIE_BREAKS:
+            raise ValueError(f"tie_break must be one of {TIE_BREAKS}, got {self.tie_break!r}")
+        return state.ranks_within(trial, self.tie_break, _keep(len(self.recorded[rung]), self.reduction_factor))
+
+    def _synced(self, rung: int) -> _RungState:
+        """The rung's ranking state, brought in step with `recorded[rung]` (the source of truth): the trials
+        recorded since the last call are added; anything else changed behind its back rebuilds it."""
+        recorded = self.recorded[rung]
+        state = self._states.get(rung)
+        if state is None or not state.mirrors(recorded, self.objectives) or len(recorded) < len(state.seen):
+            state = self._states[rung] = _RungState(recorded, self.objectives)
+        if len(recorded) > len(state.seen):
+            new = list(islice(reversed(recorded), len(recorded) - len(state.seen)))   # dicts keep insertion order
+            if any(t in state.seen for t in new):
+                state = self._states[rung] = _RungState(recorded, self.objectives)
+                new = list(recorded)
+            state.add(new)
+        if recorded != state.seen:             # an overwrite or a deletion: O(n), identical tuples compare fast
+            state = self._states[rung] = _RungState(recorded, self.objectives)
+            state.add(list(recorded))
+        return state
 
     def on_report(self, trial: int, curve: Sequence[float], fixed: dict[str, float]) -> bool:
         """A trial reported epoch len(curve): record it at each rung it reached and has not been recorded at,
@@ -100,3 +129,83 @@ class Rungs:
             for rung in self.rungs:
                 if rung <= len(curve) and curve[rung - 1] is not None:
                     self.recorded[rung].setdefault(trial, self.vector(curve, rung, fixed))
+
+
+def _keep(n: int, reduction_factor: float) -> int:
+    """⌈n / rf⌉, exact: rf as the decimal it is written as (69 / 2.3 is 30; floats give 30.000000000000004)."""
+    if isinstance(reduction_factor, Rational):
+        return math.ceil(Fraction(n) / Fraction(reduction_factor))
+    return math.ceil(Fraction(n) / Fraction(str(float(reduction_factor))))
+
+
+class _RungState:
+    """What one rung's decisions need from its recorded vectors, kept in step with them: the finite ones in
+    minimisation form with their fronts (one objective: just the values, a front per distinct value), and
+    which trial each point is."""
+
+    def __init__(self, source: dict[int, tuple[float, ...]], objectives: list[tuple[str, str]]) -> None:
+        self.source, self.objectives = source, list(objectives)
+        self.signs = direction_signs([d for _, d in objectives])
+        self.seen: dict[int, tuple[float, ...]] = {}     # trial → vector as recorded (finite or not)
+        self.where: dict[int, int] = {}                   # trial → its point, for the finite ones
+        self.ids: list[int] = []                          # point → trial
+        self.single = len(objectives) == 1
+        self.fronts = None if self.single else FrontLevels(len(objectives))
+        self.values = np.empty(64)                        # one objective: the points' values
+
+    def mirrors(self, source: dict, objectives: list[tuple[str, str]]) -> bool:
+        return source is self.source and objectives == self.objectives
+
+    def add(self, trials: list[int]) -> None:
+        """Record these trials' vectors (finite ones as points, dominators before the points they dominate)."""
+        rows = []
+        for t in trials:
+            vector = self.seen[t] = self.source[t]
+            if all(math.isfinite(v) for v in vector):
+                rows.append((t, np.asarray(vector, dtype=float) * self.signs))   # as ranking.to_minimization
+        if len(rows) > 1:       # in lexicographic order no point dominates one before it: no front is raised
+            keys = np.array([r for _, r in rows])
+            rows = [rows[k] for k in np.lexsort(keys.T[::-1])]
+        for t, row in rows:
+            self.where[t] = len(self.ids)
+            self.ids.append(t)
+            if self.single:
+                if len(self.ids) > len(self.values):
+                    self.values = np.concatenate([self.values, np.empty_like(self.values)])
+                self.values[len(self.ids) - 1] = row[0]
+            else:
+                self.fronts.add(row)
+
+    def ranks_within(self, trial: int, tie_break: str, keep: int) -> bool:
+        """Whether the (finite) trial's position in `rank_order` of the points is < keep."""
+        k = self.where[trial]
+        if self.single:        # fronts are the distinct values; inside one, all equal: by trial number
+            values = self.values[:len(self.ids)]
+            x = values[k]
+            before = int(np.count_nonzero(values < x))
+            if before >= keep:
+                return False
+            ties = np.flatnonzero(values == x)
+            if before + len(ties) <= keep:
+                return True
+            return before + sum(1 for j in ties.tolist() if self.ids[j] < trial) < keep
+        levels = self.fronts.levels
+        level = levels[k]
+        before = int(np.count_nonzero(levels < level))
+        if before >= keep:
+            return False
+        members = np.flatnonzero(levels == level)
+        if before + len(members) <= keep:
+            return True
+        members = sorted(members.tolist(), key=self.ids.__getitem__)    # rank_order's index: trial number
+        points, at = self.fronts.points[members], members.index(k)
+        if tie_break == CROWDING:
+            within = -crowding_distance(points)
+            position = int(np.count_nonzero(within < within[at]) + np.count_nonzero(within[:at] == within[at]))
+            return before + position < keep
+        for position, picked in enumerate(farthest_points(points)):   # stops at its place, or at keep
+            if before + position >= keep:
+                return False
+            if picked == at:
+                return True
+        raise AssertionError("every point of the front has a place in its order")

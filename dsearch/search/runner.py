@@ -15,12 +15,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..errors import UserError
-from ..metrics import MACS, PARAMS, VAL_ACC
+from ..metrics import VAL_ACC
 from . import artifacts
-from . import record as st
-from .rungs import Rungs
-from .searcher import LINE, Events, StudySearcher
-from .trainable import extend_curve, train_trial
+from .engine import Engine
+from .searcher import Events, StudySearcher
+from .trainable import train_trial
 
 if TYPE_CHECKING:
     import optuna
@@ -162,27 +161,25 @@ class Interruption:
 
 def run_search(space: "SearchSpace", study: "optuna.Study", study_dir: Path, data: Any, view: Any,
                interruption: Interruption, storage: artifacts.TrialStorage,
-               max_concurrent: int | None = None) -> StudySearcher:
-    """Run the trials the study still owes (num_samples minus counted) under ASHA, until done or interrupted.
+               max_concurrent: int | None = None) -> Engine:
+    """Run the trials the study still owes (num_samples minus counted) on Ray Tune, until done or interrupted.
 
     Ray keeps trial folders and checkpoints in `storage` (TrialStorage.of_study: the study folder's ray/). Returns the
-    searcher, which counts the trials this run trained and those that failed.
+    engine, which counts the trials this run trained and those that failed.
     """
     from ray import tune
 
     r = space.resources
     threads = max(1, int(r.cpu))
-    searcher = StudySearcher(space, study, study_dir, threads, interrupted=interruption, storage=storage)
+    engine = Engine(space, study, study_dir, threads, interrupted=interruption, storage=storage)
+    searcher = StudySearcher(engine)
     b = space.budget
-    rungs = Rungs(b.milestones, b.reduction_factor, space.rung_objectives, b.tie_break)
-    rungs.rebuild(st.rung_history(study))      # the decisions of an uninterrupted run, after a kill
-    scheduler = rung_scheduler(rungs, b.max_epochs)
     trainable = tune.with_resources(tune.with_parameters(train_trial, data=data),
                                     {"cpu": r.cpu, "gpu": r.gpu})
     tuner = tune.Tuner(
         trainable,
-        tune_config=tune.TuneConfig(search_alg=searcher, scheduler=scheduler, metric=VAL_ACC, mode="max",
-                                    num_samples=-1, trial_dirname_creator=trial_dirname,
+        tune_config=tune.TuneConfig(search_alg=searcher, scheduler=rung_scheduler(engine), metric=VAL_ACC,
+                                    mode="max", num_samples=-1, trial_dirname_creator=trial_dirname,
                                     max_concurrent_trials=max_concurrent or b.max_concurrent_trials),
         run_config=tune.RunConfig(
             name=f"run-{time.strftime('%Y%m%d-%H%M%S')}", **storage.ray_storage(),
@@ -194,41 +191,25 @@ def run_search(space: "SearchSpace", study: "optuna.Study", study_dir: Path, dat
         tuner.fit()
     finally:
         searcher.flush_errors()
-    if searcher.infeasible:
-        raise UserError(searcher.infeasible)
-    return searcher
+    if engine.infeasible:
+        raise UserError(engine.infeasible)
+    return engine
 
 
-def rung_scheduler(rungs: Rungs, max_epochs: int) -> Any:
-    """A Ray Tune scheduler that stops trials (never pauses them) by the rungs' decisions; see rungs.py."""
+def rung_scheduler(engine: Engine) -> Any:
+    """A Ray Tune scheduler that stops trials (never pauses them) by the engine's rung decisions."""
     from ray.tune.schedulers import FIFOScheduler, TrialScheduler
 
     class RungScheduler(FIFOScheduler):
-        def __init__(self) -> None:
-            super().__init__()
-            self.curves: dict[str, list[float]] = {}      # Ray trial id → val_acc per epoch
-
         def set_search_properties(self, metric, mode, **spec) -> bool:
             return True
 
         def on_trial_result(self, tune_controller, trial, result: dict) -> str:
-            curve = self.curves.setdefault(trial.trial_id, [])
-            if not extend_curve(curve, result):
-                return TrialScheduler.CONTINUE        # no new epoch: nothing to decide
-            if len(curve) >= max_epochs:
-                return TrialScheduler.STOP
-            line = trial.config.get(LINE, trial.config.get("trial"))
-            goes_on = rungs.on_report(line, curve, {PARAMS: result[PARAMS], MACS: result[MACS]})
+            goes_on = engine.decide(trial.config["trial"], result)
             return TrialScheduler.CONTINUE if goes_on else TrialScheduler.STOP
 
-        def on_trial_complete(self, tune_controller, trial, result) -> None:
-            self.curves.pop(trial.trial_id, None)
-
-        def on_trial_remove(self, tune_controller, trial) -> None:
-            self.curves.pop(trial.trial_id, None)
-
         def debug_string(self) -> str:
-            return f"RungScheduler: {rungs.rungs}"
+            return f"RungScheduler: {engine.space.budget.milestones}"
 
     return RungScheduler()
 

@@ -83,6 +83,54 @@ def seed_params(space: "SearchSpace") -> list[dict[str, Any]]:
     return [encode_params(space, seed) for seed in space.seed_trials]
 
 
+GRID_LIMIT = 100_000     # grid points a `sampler: {type: grid}` space may have
+
+
+def grid_values(p: Any) -> list[Any] | None:
+    """Every value a finite parameter takes (categorical; int; float with a step), low to high; None if continuous."""
+    if p.type == "categorical":
+        return list(p.choices)
+    if p.type == "int" and not p.log:
+        return list(range(p.low, p.high + 1, p.step))
+    if p.type == "float" and p.step is not None:
+        n = int(round((p.high - p.low) / p.step))
+        return [float(round(p.low + i * p.step, 12)) for i in range(n + 1)]
+    return None
+
+
+def grid_params(space: "SearchSpace") -> list[dict[str, Any]]:
+    """The grid sampler's trials in Optuna's form: every combination of the params (`when` honoured), shuffled
+    by the sampler seed, each `sampler.repeats` times in a row."""
+    import random
+
+    points: list[dict[str, Any]] = []
+
+    def walk(keys: list[str], acc: dict[str, Any]) -> None:
+        if not keys:
+            points.append(dict(acc))
+            return
+        p = space.params[keys[0]]
+        if not condition_holds(p.when, {**space.fixed, **acc}):
+            walk(keys[1:], acc)
+            return
+        for v in grid_values(p) or []:
+            acc[keys[0]] = v
+            walk(keys[1:], acc)
+            del acc[keys[0]]
+
+    walk(list(space.params), {})
+    random.Random(space.sampler.seed).shuffle(points)
+    return [encode_params(space, p) for p in points for _ in range(space.sampler.repeats)]
+
+
+def grid_size(space: "SearchSpace") -> int:
+    """Points in the grid (before repeats), counted without listing them; `when` is ignored (an upper bound)."""
+    n = 1
+    for p in space.params.values():
+        n *= len(grid_values(p) or [None])
+    return n
+
+
 def nest(values: dict[str, Any]) -> dict[str, dict[str, Any]]:
     """Flat dotted keys (`model.depth`) → {"model": {"depth": ...}, "train": {...}, "data": {...}}."""
     out: dict[str, dict[str, Any]] = {d: {} for d in (*DESTINATIONS, "data")}

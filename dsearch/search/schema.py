@@ -84,10 +84,21 @@ class Resources(StrictModel):
 
 
 class SamplerConfig(StrictModel):
-    """Optuna sampler that proposes the trials."""
+    """Optuna sampler that proposes the trials.
 
-    type: Literal["tpe", "nsga2", "random", "gp"] = "tpe"
+    grid: every combination of the (finite) params, in an order shuffled by `seed`, each `repeats` times in a
+    row (each run with its own training seed, the trial number): a learning-curve table for `dsearch replay`.
+    """
+
+    type: Literal["tpe", "nsga2", "random", "gp", "grid"] = "tpe"
     seed: int | None = 0
+    repeats: int = Field(1, ge=1)
+
+    @model_validator(mode="after")
+    def _repeats(self) -> "SamplerConfig":
+        if self.repeats != 1 and self.type != "grid":
+            raise ValueError(f"repeats: only a grid sampler repeats its points (type is {self.type})")
+        return self
 
 
 class Constraints(StrictModel):
