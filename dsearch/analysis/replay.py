@@ -24,12 +24,17 @@ BUDGETS = (0.10, 0.25, 0.50, 1.00)        # shares of the time full-budget rando
 FINAL = "final"
 
 
+MARGIN = 0.1      # the reference corner lies this share of each range beyond the table's worst value
+
+
 class Scale:
-    """The table's normalisation (bounds of its full-budget runs) and its optimum's hypervolume."""
+    """The table's normalisation (each objective over its full-budget runs, the reference corner 10 % of the
+    range beyond the worst, so that the front's extremes add volume too) and its optimum's hypervolume."""
 
     def __init__(self, optimum_rows: np.ndarray, objectives: Sequence[Objective]) -> None:
         self.objectives = list(objectives)
-        self.bounds = normalization_bounds(optimum_rows, self.objectives)
+        lo, hi = normalization_bounds(optimum_rows, self.objectives)
+        self.bounds = np.stack([lo, hi + MARGIN * np.where(hi > lo, hi - lo, 1.0)])
         self.optimum = self.volume(optimum_rows)
 
     def volume(self, rows: Any) -> float:

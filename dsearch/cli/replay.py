@@ -67,7 +67,7 @@ def replay_command(study_dir: Path | None, storage: str | None, study_name: str 
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from ..analysis.replay import Scale, bands, build_figure, summarize
-    from ..search.methods import METHODS, TIME_BASE, default_method, unknown_methods
+    from ..search.methods import METHODS, TIME_BASE, available, default_method, unknown_methods
     from ..search.replay import replay_many
     from ..search.table import optimum_points
 
@@ -84,7 +84,7 @@ def replay_command(study_dir: Path | None, storage: str | None, study_name: str 
     space = replay_space(table_space, space_path, num_samples)
     default = default_method(space)
     names = [m.strip() for m in methods.split(",") if m.strip()] if methods else [default] + [
-        m for m in METHODS if m != default]
+        m for m in available() if m not in (default, "space")]
     unknown = unknown_methods(names)
     if unknown:
         raise UserError(f"--methods: unknown method {unknown[0]!r}; methods: {', '.join(METHODS)}")

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from ..metrics import EPOCH, MAXIMIZE, VAL_ACC
 from ..ranking import CROWDING, EPSILON
-from .engine import Proposer, RungRule, StudySampler
+from .engine import Proposer, RungRule, StudySampler, space_rungs
 from .record import make_sampler
 from .rungs import Rungs
 
@@ -168,7 +168,20 @@ def optuna_nsga2(space: "SearchSpace", seed: int | None) -> "optuna.samplers.Bas
     return optuna.samplers.NSGAIISampler(seed=seed)
 
 
+def _syne_moasha(space: "SearchSpace") -> RungRule:
+    from .syne import SyneMOASHA
+
+    return SyneMOASHA(space)
+
+
+def space_sampler(space: "SearchSpace", seed: int | None) -> "optuna.samplers.BaseSampler":
+    """The sampler the space names (a grid's points are not queued in a replay: random past them)."""
+    return make_sampler(space.sampler.type, seed)
+
+
 METHODS: dict[str, Method] = {m.name: m for m in (
+    Method("space", "the space as written: its sampler and its scheduler (a study replayed on itself)",
+           space_sampler, space_rungs),
     Method("moasha", "dsearch TPE + Pareto-aware rungs (crowding)", dsearch_tpe, moasha),
     Method("moasha-epsilon", "dsearch TPE + Pareto-aware rungs (ε-net)", dsearch_tpe,
            lambda s: moasha(s, EPSILON)),
@@ -180,6 +193,8 @@ METHODS: dict[str, Method] = {m.name: m for m in (
     Method("optuna-nsga2", "Optuna's NSGA-II (defaults), no pruning", optuna_nsga2, no_rungs),
     Method("ray-asha-optunasearch", "Ray Tune's ASHAScheduler + OptunaSearch on val_acc, by hand",
            random_sampler, RayASHA, OptunaSearchProposer, LAST),
+    Method("syne-moasha", "Syne Tune's MOASHA (0.16) + random search, by hand (pip install 'dsearch[bench]')",
+           random_sampler, _syne_moasha),
 )}
 TIME_BASE = "random"      # full-budget random search: the budgets are shares of its time for num_samples
 
@@ -193,3 +208,10 @@ def default_method(space: "SearchSpace") -> str:
 
 def unknown_methods(names: list[str]) -> list[str]:
     return [n for n in names if n not in METHODS]
+
+
+def available() -> list[str]:
+    """The methods whose libraries are installed (syne-moasha needs the optional syne-tune)."""
+    import importlib.util
+
+    return [n for n in METHODS if n != "syne-moasha" or importlib.util.find_spec("syne_tune") is not None]
