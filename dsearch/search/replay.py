@@ -53,9 +53,11 @@ class ReplayRun:
 
 
 def replay(table: Table, space: "SearchSpace", method: Method, seed: int, workers: int,
-           storage: Any = None) -> ReplayRun:
+           storage: Any = None, on_ask: Any = None) -> ReplayRun:
     """Replay one search of `space` by `method` with replay seed `seed` (sampler seed = space's + seed) on
-    `workers` simulated workers. `storage`: where the replayed study lives (default: in memory)."""
+    `workers` simulated workers. `storage`: where the replayed study lives (default: in memory).
+    `on_ask(engine, seconds)`, if given, is called after each trial is asked with the driver's time so far
+    (bench/driver.py reads the time per trial from it)."""
     import optuna
 
     from .record import new_study
@@ -89,6 +91,8 @@ def replay(table: Table, space: "SearchSpace", method: Method, seed: int, worker
                 asking = False
                 break
             number = proposal["trial"]
+            if on_ask is not None:
+                on_ask(engine, time.perf_counter() - t0)
             params = engine.params_of(number)
             key = config_key(params)
             run = table.draw(params, seed, occurrences[key])

@@ -74,6 +74,27 @@ _DRIVER_PACKAGES = {
 }
 
 
+def _sqlite_pragmas(dbapi_connection: Any, record: Any) -> None:
+    """Every SQLite connection: write-ahead logging with synchronous=NORMAL. A commit is then an append to the
+    log, not an fsync of the database (about 4 ms each here, and the driver commits every user attribute);
+    still atomic and durable against a killed process; a power cut may lose the last commits, never the file."""
+    import sqlite3
+
+    if isinstance(dbapi_connection, sqlite3.Connection):
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.close()
+
+
+def _listen_sqlite() -> None:
+    from sqlalchemy import event
+    from sqlalchemy.engine import Engine
+
+    if not event.contains(Engine, "connect", _sqlite_pragmas):
+        event.listen(Engine, "connect", _sqlite_pragmas)
+
+
 def open_storage(url: str) -> "optuna.storages.RDBStorage":
     """The Optuna RDB storage at `url` (tables created if new); UserError (one line) for a bad URL, a missing
     driver, or a database that can't be reached."""
@@ -81,6 +102,8 @@ def open_storage(url: str) -> "optuna.storages.RDBStorage":
     import sqlalchemy.exc
 
     check_storage(url)
+    if url.startswith("sqlite"):
+        _listen_sqlite()
     try:
         return optuna.storages.RDBStorage(url)
     except sqlalchemy.exc.SQLAlchemyError as e:
