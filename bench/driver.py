@@ -30,7 +30,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from rungs import OldRungs  # noqa: E402
 
-from dsearch.metrics import MACS, PARAMS  # noqa: E402
 from dsearch.net.cost import count_macs, count_params  # noqa: E402
 from dsearch.search import record as st  # noqa: E402
 from dsearch.search.io import parse_space  # noqa: E402
@@ -79,8 +78,6 @@ class OldCounts:
 
 
 def run(mode: str, table: Table, space, workers: int, marks: list[int]) -> dict:
-    import optuna
-
     from dsearch.search.engine import Engine
 
     legacy_engine = type("LegacyEngine", (OldCounts, Engine), {})
@@ -98,7 +95,7 @@ def run(mode: str, table: Table, space, workers: int, marks: list[int]) -> dict:
             engine.rule, OldRungs) else type(engine.rule)
 
     with tempfile.TemporaryDirectory() as tmp:
-        storage = open_storage(f"sqlite:///{tmp}/driver.db")
+        storage = open_storage(f"sqlite:///{tmp}/driver.db", writer=True)
         t0 = time.perf_counter()
         result = replay(table, space, METHODS["space"], 0, workers, storage=storage, on_ask=on_ask)
         wall = time.perf_counter() - t0

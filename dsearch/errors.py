@@ -26,6 +26,8 @@ def did_you_mean(word: object, options: Iterable[object]) -> str:
 class RunInterrupted(Exception):
     """A run stopped by a signal after putting its study in order; the CLI exits 128 + the signal number."""
 
+    summary: dict | None = None        # the study's summary once it is in order (search/session.py sets it)
+
     def __init__(self, message: str, signum: int) -> None:
         super().__init__(message)
         self.signum = signum
@@ -40,3 +42,5 @@ class RunFailed(Exception):
 
     The study is in order: the trials are recorded FAIL with their errors.
     """
+
+    summary: dict | None = None        # the study's summary (search/session.py sets it)

@@ -6,7 +6,6 @@ with one worker must make the same asks, rung decisions, states and epochs (the 
 """
 
 import json
-import math
 import subprocess
 import sys
 from pathlib import Path
@@ -14,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import optuna
 import pytest
-from optuna.distributions import CategoricalDistribution, IntDistribution
+from optuna.distributions import IntDistribution
 from optuna.trial import TrialState, create_trial
 
 from dsearch.analysis.replay import Scale, share_history, time_to, wilcoxon

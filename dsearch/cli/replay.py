@@ -21,7 +21,7 @@ import typer
 
 from ..errors import UserError
 from .app import app
-from .pareto import STORAGE_HELP, STUDY_DIR_HELP, STUDY_HELP
+from .pareto import STORAGE_HELP, STUDY_HELP
 
 REPLAY_METRICS = ("val_acc", "params", "macs")
 

@@ -2,22 +2,17 @@
 
 from __future__ import annotations
 
-import signal
-import time
-from contextlib import contextmanager, nullcontext
 from pathlib import Path
-from typing import Any, Iterator, Optional
+from typing import Any, Optional
 
 import typer
 
 from ..errors import RunFailed, RunInterrupted, UserError
 from ..search import artifacts
-from ..search import record as st
-from ..search.storage import STUDY_DB, check_storage, open_storage, storage_url
-from ..search.io import SPACE_FILE, check_same_space, dump_space, load_space
-from ..search.lock import LOCK_FILE, StudyLease, StudyLock
-from ..search.rungs import describe as describe_rungs
+from ..search.io import SPACE_FILE, check_same_space, load_space
 from ..search.schema import SearchSpace
+from ..search.session import run_study
+from ..search.storage import STUDY_DB, check_storage
 from .app import app
 
 
@@ -58,96 +53,8 @@ def run_command(space_path: Path, study_dir: Path | None, storage: str | None, r
     again = " ".join([f"dsearch run {space_path} --study-dir {study_dir}"]
                      + [f"{flag} {value}" for flag, value in (("--storage", storage), ("--storage-path", storage_path),
                                                                ("--ray-address", ray_address)) if value])
-    return _run(space, study_dir, storage, ray_address, trials, storage_path is None, again, quiet)
-
-
-def _run(space: SearchSpace, study_dir: Path, storage: str | None, ray_address: str | None,
-         trials: artifacts.TrialStorage, default_trials: bool, again: str, quiet: bool) -> dict[str, Any]:
-    from ..search import runner
-    from ..search.live import LiveView
-    from ..training.data import load_data
-
-    t0 = time.time()
-    created = not study_dir.exists()
-    with StudyLock(study_dir), _undo_failed_start(study_dir, created):
-        if storage:
-            _check_lease(storage_url(study_dir, storage), space.name)   # before the slow start of Ray
-        data = load_data(space.data)          # errors (missing files) before Ray or the study start
-        if not default_trials:                # a --storage-path this machine can't write: before Ray starts
-            artifacts.remove(artifacts.write_probe(trials.location))
-        runner.start_ray(ray_address)
-        try:
-            runner.check_resources(space.resources.cpu, space.resources.gpu)
-            if ray_address:       # every node must see where trials save their checkpoints
-                runner.check_storage_visible(trials.location, default=default_trials)
-            study = st.create_or_load(space, study_dir, storage)
-            # A shared database can be reached from other hosts, which the file lock can't see.
-            with StudyLease(storage_url(study_dir, storage), space.name) if storage else nullcontext():
-                if not (study_dir / SPACE_FILE).exists():
-                    tmp = study_dir / (SPACE_FILE + ".tmp")
-                    tmp.write_text(dump_space(space))
-                    tmp.replace(study_dir / SPACE_FILE)
-                requeued = st.fail_interrupted(study)
-                if not quiet:
-                    b = space.budget
-                    print(f"{space.scheduler} on {', '.join(m for m, _ in space.rung_objectives)}: "
-                          + describe_rungs(b.milestones, b.max_epochs, b.reduction_factor))
-                if requeued and not quiet:
-                    print(f"resuming: trials {requeued} were interrupted; they are queued again, to continue "
-                          "from their last checkpoints")
-                with runner.Interruption() as interruption, \
-                        LiveView(space.budget.max_epochs, space.budget.num_samples, enabled=not quiet) as view:
-                    try:
-                        searcher = runner.run_search(space, study, study_dir, data, view, interruption, trials)
-                    finally:
-                        stopped = st.fail_interrupted(study)   # never lost: queued again, resumable
-        finally:
-            import ray
-
-            if ray_address is None:
-                ray.shutdown()
-    summary = st.summarize(study, time.time() - t0)
-    if interruption.signum is not None:
-        print_summary(summary)
-        name = signal.Signals(interruption.signum).name
-        raise RunInterrupted(f"{name}: stopped; {len(stopped)} running trial{'s' * (len(stopped) != 1)} "
-                             f"{stopped} marked FAIL (interrupted) and queued again; continue with: {again}",
-                             interruption.signum)
-    if searcher.failed and not searcher.trained:
-        print_summary(summary)
-        number, message = searcher.failed[0]
-        n = len(searcher.failed)
-        raise RunFailed(f"{'all ' if n > 1 else ''}{n} trial{'s' * (n > 1)} of this run failed and none trained "
-                        f"(a setup problem?); trial {number}: {message[:300]}")
-    return summary
-
-
-def _check_lease(url: str, name: str) -> None:
-    """Refuse at once if a live driver, maybe on another host, runs the study in this database."""
-    if name in [s.study_name for s in open_storage(url).get_all_studies()]:
-        StudyLease(url, name).check()
-
-
-@contextmanager
-def _undo_failed_start(study_dir: Path, created: bool) -> Iterator[None]:
-    """On a failure before the study exists, remove the folder this run made (it holds only the lock file and
-    maybe the empty trial storage folder).
-
-    Runs while the lock is held, so a second driver that lost the race never removes the winner's folder.
-    """
-    try:
-        yield
-    except BaseException:
-        try:
-            # Besides the lock, only empty folders (the trial storage the start-up check made) may be there.
-            entries = list(study_dir.iterdir())
-            if created and all(p.name == LOCK_FILE or (p.is_dir() and not any(p.iterdir())) for p in entries):
-                for p in entries:
-                    p.rmdir() if p.is_dir() else p.unlink()
-                study_dir.rmdir()
-        except OSError:
-            pass
-        raise
+    return run_study(space, study_dir, storage, ray_address, trials, storage_path is None, again,
+                     say=(lambda line: None) if quiet else print, live=not quiet)
 
 
 def print_summary(summary: dict[str, Any]) -> None:
@@ -174,5 +81,10 @@ def run(
 ) -> None:
     """Run (or continue) a search: Ray Tune + ASHA trials recorded in an Optuna study."""
     # After SIGINT / SIGTERM run_command raises RunInterrupted: main says how to continue, exit 128 + signal.
-    print_summary(run_command(space, study_dir, storage, ray_address, cpus_per_trial, gpus_per_trial, quiet,
-                              storage_path))
+    try:
+        summary = run_command(space, study_dir, storage, ray_address, cpus_per_trial, gpus_per_trial, quiet,
+                              storage_path)
+    except (RunInterrupted, RunFailed) as e:
+        print_summary(e.summary)       # the study's state, then main's one line
+        raise
+    print_summary(summary)

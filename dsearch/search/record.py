@@ -81,7 +81,7 @@ def create_or_load(space: "SearchSpace", study_dir: Path, storage: str | None = 
     _quiet_optuna()
     url = storage_url(study_dir, storage)
     existed = db_exists(url)
-    rdb = open_storage(url)
+    rdb = open_storage(url, writer=True)
     sampler = make_sampler(space.sampler.type, space.sampler.seed)
     names = optuna.get_all_study_names(rdb) if existed else []
     if storage is None and names and space.name not in names:

@@ -5,7 +5,7 @@ and opened with one-line errors for a bad URL, a missing driver or a server that
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from ..errors import UserError
 
@@ -87,25 +87,22 @@ def _sqlite_pragmas(dbapi_connection: Any, record: Any) -> None:
         cursor.close()
 
 
-def _listen_sqlite() -> None:
-    from sqlalchemy import event
-    from sqlalchemy.engine import Engine
-
-    if not event.contains(Engine, "connect", _sqlite_pragmas):
-        event.listen(Engine, "connect", _sqlite_pragmas)
-
-
-def open_storage(url: str) -> "optuna.storages.RDBStorage":
+def open_storage(url: str, writer: bool = False) -> "optuna.storages.RDBStorage":
     """The Optuna RDB storage at `url` (tables created if new); UserError (one line) for a bad URL, a missing
-    driver, or a database that can't be reached."""
+    driver, or a database that can't be reached. `writer`: the driver's own connection, which puts a SQLite
+    study in write-ahead-log mode (readers leave the file as it is)."""
     import optuna
     import sqlalchemy.exc
 
     check_storage(url)
-    if url.startswith("sqlite"):
-        _listen_sqlite()
     try:
-        return optuna.storages.RDBStorage(url)
+        storage = optuna.storages.RDBStorage(url)
+        if writer and storage.engine.name == "sqlite":
+            from sqlalchemy import event
+
+            event.listen(storage.engine, "connect", _sqlite_pragmas)
+            storage.engine.dispose()          # the connection made while creating the tables: reopened with them
+        return storage
     except sqlalchemy.exc.SQLAlchemyError as e:
         cause = str(getattr(e, "orig", None) or e).strip().splitlines()
         raise UserError(f"{display_url(url)}: can't open the database ({cause[0] if cause else type(e).__name__}); "

@@ -1,0 +1,121 @@
+"""One run of a search on a study, whatever the executor: the lock and the lease, requeueing what a killed
+driver left running, the executor's start and its end, and the summary.
+
+`dsearch run` parses its arguments, calls `run_study` and prints what it returns; the Ray executor
+(runner.py) trains the trials the engine (engine.py) asks for.
+"""
+
+from __future__ import annotations
+
+import signal
+import time
+from contextlib import contextmanager, nullcontext
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Iterator
+
+from ..errors import RunFailed, RunInterrupted
+from . import artifacts
+from . import record as st
+from .io import SPACE_FILE, dump_space
+from .lock import LOCK_FILE, StudyLease, StudyLock
+from .rungs import describe as describe_rungs
+from .storage import open_storage, storage_url
+
+if TYPE_CHECKING:
+    from .schema import SearchSpace
+
+
+def run_study(space: "SearchSpace", study_dir: Path, storage: str | None, ray_address: str | None,
+              trials: artifacts.TrialStorage, default_trials: bool, again: str,
+              say: Callable[[str], None] = print, live: bool = True) -> dict[str, Any]:
+    """Run or continue the space's search on its study until num_samples trials are counted; the summary.
+
+    Raises RunInterrupted after SIGINT / SIGTERM and RunFailed when every trial of the run failed, each
+    carrying the summary (`.summary`) once the study is in order; `again` is the command that continues it.
+    """
+    from . import runner
+    from .live import LiveView
+    from ..training.data import load_data
+
+    t0 = time.time()
+    created = not study_dir.exists()
+    with StudyLock(study_dir), _undo_failed_start(study_dir, created):
+        if storage:
+            _check_lease(storage_url(study_dir, storage), space.name)   # before the slow start of Ray
+        data = load_data(space.data)          # errors (missing files) before Ray or the study start
+        if not default_trials:                # a --storage-path this machine can't write: before Ray starts
+            artifacts.remove(artifacts.write_probe(trials.location))
+        runner.start_ray(ray_address)
+        try:
+            runner.check_resources(space.resources.cpu, space.resources.gpu)
+            if ray_address:       # every node must see where trials save their checkpoints
+                runner.check_storage_visible(trials.location, default=default_trials)
+            study = st.create_or_load(space, study_dir, storage)
+            # A shared database can be reached from other hosts, which the file lock can't see.
+            with StudyLease(storage_url(study_dir, storage), space.name) if storage else nullcontext():
+                if not (study_dir / SPACE_FILE).exists():
+                    tmp = study_dir / (SPACE_FILE + ".tmp")
+                    tmp.write_text(dump_space(space))
+                    tmp.replace(study_dir / SPACE_FILE)
+                requeued = st.fail_interrupted(study)
+                b = space.budget
+                say(f"{space.scheduler} on {', '.join(m for m, _ in space.rung_objectives)}: "
+                    + describe_rungs(b.milestones, b.max_epochs, b.reduction_factor))
+                if requeued:
+                    say(f"resuming: trials {requeued} were interrupted; they are queued again, to continue "
+                        "from their last checkpoints")
+                with runner.Interruption() as interruption, \
+                        LiveView(space.budget.max_epochs, space.budget.num_samples, enabled=live) as view:
+                    try:
+                        engine = runner.run_search(space, study, study_dir, data, view, interruption, trials)
+                    finally:
+                        stopped = st.fail_interrupted(study)   # never lost: queued again, resumable
+        finally:
+            import ray
+
+            if ray_address is None:
+                ray.shutdown()
+    summary = st.summarize(study, time.time() - t0)
+    if interruption.signum is not None:
+        name = signal.Signals(interruption.signum).name
+        error = RunInterrupted(f"{name}: stopped; {len(stopped)} running trial{'s' * (len(stopped) != 1)} "
+                               f"{stopped} marked FAIL (interrupted) and queued again; continue with: {again}",
+                               interruption.signum)
+        error.summary = summary
+        raise error
+    if engine.failed and not engine.trained:
+        number, message = engine.failed[0]
+        n = len(engine.failed)
+        error = RunFailed(f"{'all ' if n > 1 else ''}{n} trial{'s' * (n > 1)} of this run failed and none trained "
+                          f"(a setup problem?); trial {number}: {message[:300]}")
+        error.summary = summary
+        raise error
+    return summary
+
+
+def _check_lease(url: str, name: str) -> None:
+    """Refuse at once if a live driver, maybe on another host, runs the study in this database."""
+    if name in [s.study_name for s in open_storage(url).get_all_studies()]:
+        StudyLease(url, name).check()
+@contextmanager
+def _undo_failed_start(study_dir: Path, created: bool) -> Iterator[None]:
+    """On a failure before the study exists, remove the folder this run made (it holds only the lock file and
+    maybe the empty trial storage folder).
+
+    Runs while the lock is held, so a second driver that lost the race never removes the winner's folder.
+    """
+    try:
+        yield
+    except BaseException:
+        try:
+            # Besides the lock, only empty folders (the trial storage the start-up check made) may be there.
+            entries = list(study_dir.iterdir())
+            if created and all(p.name == LOCK_FILE or (p.is_dir() and not any(p.iterdir())) for p in entries):
+                for p in entries:
+                    p.rmdir() if p.is_dir() else p.unlink()
+                study_dir.rmdir()
+        except OSError:
+            pass
+        raise
+
+
