@@ -242,14 +242,13 @@ def test_a_small_replay_of_the_committed_fashion_mnist_table(tmp_path):
 FAITHFUL = """
 name: faithful
 data: {name: synthetic, augment: true, val_size: 100, synthetic_size: 400, synthetic_image_size: 8}
-constraints: {max_params: 12000}
 budget: {max_epochs: 4, num_samples: 8, grace_period: 1, reduction_factor: 2, max_concurrent_trials: 1}
 resources: {cpu: 1, gpu: 0}
 sampler: {type: tpe, seed: 3}
 fixed: {model.variant: densenet-bc, train.batch_size: 32}
 params:
   model.depth: {type: int, low: 10, high: 16, step: 6}
-  model.growth_rate: {type: int, low: 2, high: 12}
+  model.growth_rate: {type: int, low: 2, high: 8}
   train.lr: {type: categorical, choices: [0.1, 0.0001]}
 seed_trials: [{model.depth: 10, model.growth_rate: 6, train.lr: 0.1}]
 """
