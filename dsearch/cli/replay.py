@@ -89,9 +89,9 @@ def replay_command(study_dir: Path | None, storage: str | None, study_name: str 
     if unknown:
         raise UserError(f"--methods: unknown method {unknown[0]!r}; methods: {', '.join(METHODS)}")
     workers = workers or space.budget.max_concurrent_trials
-    rows = optimum_points(table)
+    rows = optimum_points(table, space)
     if len(rows) == 0:
-        raise UserError(f"the table has no run at its full budget of {table.max_epochs} epochs: no optimum to "
+        raise UserError(f"the table has no run of {space.budget.max_epochs} epochs: no optimum to "
                         "measure against (a table needs full-budget trials)")
     run_names = names + ([TIME_BASE] if TIME_BASE not in names else [])
     jobs = jobs or os.cpu_count() or 1

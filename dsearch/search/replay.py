@@ -36,7 +36,7 @@ class ReplayedTrial:
     epochs: int
     end: float | None
     values: tuple[float, ...] | None      # the objectives at its last report (space order)
-    final_acc: float | None = None        # val_acc of its drawn run at the table's full budget (the truth)
+    final_acc: float | None = None        # val_acc of its drawn run at the full budget (what it would have reached)
     reason: str | None = None             # FAIL reason
 
 
@@ -120,11 +120,12 @@ def replay(table: Table, space: "SearchSpace", method: Method, seed: int, worker
         free += 1
     out.driver_s = time.perf_counter() - t0
     out.end = now[0]
-    out.trials = _trials(study, space, runs, ends, table)
+    out.trials = _trials(study, space, runs, ends)
     return out
 
 
-def _trials(study: Any, space: "SearchSpace", runs: dict, ends: dict[int, float], table: Table) -> list[ReplayedTrial]:
+def _trials(study: Any, space: "SearchSpace", runs: dict, ends: dict[int, float]) -> list[ReplayedTrial]:
+    full = space.budget.max_epochs
     trials = []
     for t in study.get_trials(deepcopy=False):
         a = t.user_attrs
@@ -134,7 +135,7 @@ def _trials(study: Any, space: "SearchSpace", runs: dict, ends: dict[int, float]
         elif st.EPOCHS_TRAINED in a and t.state.name == "PRUNED":
             values = tuple(a.get(f"last_{m}", float("nan")) for m in space.metrics)
         run = runs.get(t.number, (None,))[0]
-        final = run.curve[table.max_epochs - 1] if run is not None and len(run.curve) >= table.max_epochs else None
+        final = run.curve[full - 1] if run is not None and len(run.curve) >= full else None
         trials.append(ReplayedTrial(t.number, dict(t.params), t.state.name, int(a.get(st.EPOCHS_TRAINED, 0)),
                                     ends.get(t.number), values, final, a.get(st.FAIL_REASON)))
     return trials

@@ -68,9 +68,10 @@ class Table:
         runs = self.lookup(params)
         return runs[(seed + occurrence) % len(runs)] if runs else None
 
-    def full(self) -> list[Run]:
-        """Every run trained to the table's full budget."""
-        return [r for runs in self.runs.values() for r in runs if len(r.curve) >= self.max_epochs]
+    def full(self, epochs: int | None = None) -> list[Run]:
+        """Every run trained to `epochs` (default: the table's full budget)."""
+        epochs = epochs or self.max_epochs
+        return [r for runs in self.runs.values() for r in runs if len(r.curve) >= epochs]
 
     def describe(self) -> str:
         n = sum(len(r) for r in self.runs.values())
@@ -144,13 +145,14 @@ def open_table_db(study_dir: Path) -> Path:
     return tmp
 
 
-def optimum_points(table: Table) -> np.ndarray:
-    """(n, 3)-like raw objective rows (val_acc, params, macs, in the space's objective order) of every run at the
-    full budget: the table's own optimum is their front."""
+def optimum_points(table: Table, space: "SearchSpace") -> np.ndarray:
+    """Raw objective rows (in `space`'s objective order) of every run at the space's full budget: the table's own
+    optimum for a replay of that space is their front."""
     from ..metrics import VAL_ACC
 
+    epochs = space.budget.max_epochs
     rows = []
-    for r in table.full():
-        values = {VAL_ACC: r.curve[table.max_epochs - 1], PARAMS: r.params, MACS: r.macs}
-        rows.append([values[o.metric] for o in table.space.objectives])
-    return np.asarray(rows, dtype=float).reshape(-1, len(table.space.objectives))
+    for r in table.full(epochs):
+        values = {VAL_ACC: r.curve[epochs - 1], PARAMS: r.params, MACS: r.macs}
+        rows.append([values[o.metric] for o in space.objectives])
+    return np.asarray(rows, dtype=float).reshape(-1, len(space.objectives))
