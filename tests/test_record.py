@@ -136,7 +136,7 @@ def test_the_rungs_are_rebuilt_from_each_line_of_trials(study):
 
 
 def test_a_report_folds_into_the_curve_once_and_a_resumed_one_brings_its_earlier_epochs():
-    from dsearch.search.trainable import RESUMED_CURVE, extend_curve
+    from dsearch.search.reports import RESUMED_CURVE, extend_curve
 
     curve: list[float] = []
     assert extend_curve(curve, {"epoch": 3, "val_acc": 0.5, RESUMED_CURVE: [0.1, 0.3]}) and curve == [0.1, 0.3, 0.5]

@@ -158,6 +158,17 @@ def test_configurations_missing_from_the_table_are_rejected_before_training_and_
     assert all(config_key(t.params) in table.runs for t in trained)
 
 
+def test_the_engine_keeps_its_counts_and_reads_the_study_once_at_start(monkeypatch):
+    """`num_samples` is checked at every ask; the study's trials are read back once, when the engine starts."""
+    space = hand_space(num=6)
+    table = hand_table(space, grid_curves(lambda d, g: 0.5), {(d, g): [1.0] * 4 for d in (10, 16) for g in (2, 3, 4)})
+    calls = []
+    real = st.counted_trials
+    monkeypatch.setattr(st, "counted_trials", lambda study: calls.append(1) or real(study))
+    run = replay(table, space, METHODS["random"], seed=0, workers=2)
+    assert sum(t.state == "COMPLETE" for t in run.trials) == 6 and len(calls) == 1
+
+
 def test_the_default_method_is_the_one_dsearch_run_uses():
     assert default_method(hand_space()) == "moasha"
     assert default_method(hand_space(**{"reduction_factor: 2,": "reduction_factor: 2, tie_break: epsilon,"})) \

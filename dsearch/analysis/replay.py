@@ -157,6 +157,7 @@ def summarize(runs: dict[str, list[Any]], fronts: dict[str, str], scale: Scale, 
             p = {k: wilcoxon(m["hypervolume_at"][k], d["hypervolume_at"][k], 0.0) for k in budgets}
             p[FINAL] = wilcoxon(m["final_hypervolume"], d["final_hypervolume"], 0.0)
             p["time_to_95"] = wilcoxon(m["time_to_95"], d["time_to_95"], 2 * horizon)
+            p["junk_epochs"] = wilcoxon(m["junk_epochs"], d["junk_epochs"], 0.0)
             m["p_value_vs_default"] = p
     return {"optimum_hypervolume": scale.optimum, "default": default, "budgets_s": budgets,
             "time_base_s": time_base, "median_final_acc": median_acc, "methods": methods,

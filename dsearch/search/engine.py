@@ -25,8 +25,8 @@ from . import artifacts
 from . import record as st
 from .rungs import Rungs
 from .sampling import check_constraints, input_size, resolve, suggest
-from .trainable import (NODE, NODE_ID, NODE_IP, PRECISION, PRECISION_WHY, RESUME_FROM, WORKER_PID,
-                        extend_curve)
+from .reports import (CHECKPOINT_FILE, NODE, NODE_ID, NODE_IP, PRECISION, PRECISION_WHY, RESUME_FROM,
+                      WORKER_PID, extend_curve)
 
 if TYPE_CHECKING:
     import optuna
@@ -282,8 +282,6 @@ class Engine:
 
     def record_checkpoint(self, number: int, path: str) -> None:
         """A trial saved a checkpoint at `path` (a folder in the trial storage): record where."""
-        from .trainable import CHECKPOINT_FILE
-
         info = self.live.get(number)
         if info is not None and self.storage is not None:
             st.set_attrs(info["trial"], {st.CHECKPOINT: self.storage.locate(f"{path.rstrip('/')}/{CHECKPOINT_FILE}")})
