@@ -149,25 +149,6 @@ def run_one(work: Path, base: dict, method: str, seed: int, smoke: bool) -> dict
 
 # ------------------------------------------------------------------------ tune-optuna: Ray Tune, wired by hand
 
-def optuna_distributions(space: Any) -> dict:
-    """The space's parameters as Optuna distributions (the same ranges, steps and log scales dsearch asks)."""
-    import optuna.distributions as od
-
-    from dsearch.search.sampling import encode_choice
-
-    out = {}
-    for key, p in space.params.items():
-        if p.when:
-            raise SystemExit(f"{key}: conditional parameters (`when`) are not supported by the tune-optuna method")
-        if p.type == "int":
-            out[key] = od.IntDistribution(p.low, p.high, step=p.step, log=p.log)
-        elif p.type == "float":
-            out[key] = od.FloatDistribution(p.low, p.high, step=p.step, log=p.log)
-        else:
-            out[key] = od.CategoricalDistribution([encode_choice(c) for c in p.choices])
-    return out
-
-
 def tune_trial_name(trial: Any) -> str:
     """trial_N, N the trial's index (0-based, the order the searcher asked Optuna: its trial number)."""
     return f"trial_{int(trial.experiment_tag.split('_', 1)[0]) - 1}"
@@ -212,6 +193,7 @@ def tune_child(space_file: Path, study_dir: Path) -> None:
 
     from dsearch.metrics import EPOCH, MAXIMIZE, VAL_ACC
     from dsearch.search.io import load_space
+    from dsearch.search.methods import optuna_distributions
     from dsearch.search.record import make_sampler
     from dsearch.search.sampling import seed_params
     from dsearch.training.data import load_data

@@ -179,17 +179,8 @@ class _RungState:
     def ranks_within(self, trial: int, tie_break: str, keep: int) -> bool:
         """Whether the (finite) trial's position in `rank_order` of the points is < keep."""
         k = self.where[trial]
-        if self.single:        # fronts are the distinct values; inside one, all equal: by trial number
-            values = self.values[:len(self.ids)]
-            x = values[k]
-            before = int(np.count_nonzero(values < x))
-            if before >= keep:
-                return False
-            ties = np.flatnonzero(values == x)
-            if before + len(ties) <= keep:
-                return True
-            return before + sum(1 for j in ties.tolist() if self.ids[j] < trial) < keep
-        levels = self.fronts.levels
+        # One objective: the "fronts" are the distinct values (minimisation form), ties all in one.
+        levels = self.values[:len(self.ids)] if self.single else self.fronts.levels
         level = levels[k]
         before = int(np.count_nonzero(levels < level))
         if before >= keep:
@@ -197,6 +188,8 @@ class _RungState:
         members = np.flatnonzero(levels == level)
         if before + len(members) <= keep:
             return True
+        if self.single:        # equal values: by trial number
+            return before + sum(1 for j in members.tolist() if self.ids[j] < trial) < keep
         members = sorted(members.tolist(), key=self.ids.__getitem__)    # rank_order's index: trial number
         points, at = self.fronts.points[members], members.index(k)
         if tie_break == CROWDING:
