@@ -152,3 +152,30 @@ def test_reuse_html_of_a_quickstart_sized_trained_network_draws_one_heatmap_per_
     assert heatmaps == linked_heatmaps == [1, 1, 1] and traces == len(result.blocks) == 3
     assert "transition row:" in findings and "classifier focus:" in findings
     assert screenshot.stat().st_size > 10_000
+
+
+def test_replay_html_draws_a_median_line_and_a_band_per_method(tmp_path):
+    """`dsearch replay --html`: hypervolume share against simulated time, one line and one band per method."""
+    import numpy as np
+
+    from dsearch.analysis.replay import FIGURE_ID, build_figure, write_html
+
+    grid = np.linspace(0, 100, 50)
+    curves = {name: np.stack([np.clip(grid / (100 * k) - 0.1, 0, 1), np.clip(grid / (100 * k), 0, 1),
+                              np.clip(grid / (100 * k) + 0.1, 0, 1)]) for name, k in (("moasha", 1), ("asha", 2),
+                                                                                          ("random", 3))}
+    page = tmp_path / "replay.html"
+    write_html(build_figure(grid, curves, "moasha", "replay"), page)
+
+    def read(driver):
+        return driver.execute_script(
+            "const d = document.getElementById(arguments[0]);"
+            "return [d.data.length, d.data.filter(t => t.fill === 'toself').length,"
+            " d.data.filter(t => t.mode === 'lines').map(t => t.name),"
+            " document.querySelectorAll(`#${arguments[0]} .scatterlayer .trace`).length]", FIGURE_ID)
+
+    (traces, bands, lines, drawn), screenshot, severe = _render(page, [FIGURE_ID], tmp_path, "replay.png", read)
+    assert severe == []
+    assert (traces, bands, drawn) == (6, 3, 6)
+    assert lines == ["moasha (default)", "asha", "random"]
+    assert screenshot.stat().st_size > 10_000

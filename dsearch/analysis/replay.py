@@ -179,6 +179,14 @@ def bands(runs: dict[str, list[Any]], fronts: dict[str, str], scale: Scale,
     return grid, out
 
 
+FIGURE_ID = "replay-hypervolume"
+
+
+def write_html(fig: Any, path: Any) -> None:
+    """The figure as a self-contained page (plotly.js embedded: it opens offline), its div `FIGURE_ID`."""
+    fig.write_html(str(path), include_plotlyjs=True, full_html=True, div_id=FIGURE_ID, default_height="640px")
+
+
 def build_figure(grid: np.ndarray, curves: dict[str, np.ndarray], default: str, title: str) -> Any:
     """Hypervolume share against simulated time: one median line and one interquartile band per method."""
     import plotly.graph_objects as go

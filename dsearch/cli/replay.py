@@ -66,7 +66,7 @@ def replay_command(study_dir: Path | None, storage: str | None, study_name: str 
                    jobs: int | None, quiet: bool = False) -> dict[str, Any]:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from ..analysis.replay import Scale, bands, build_figure, summarize
+    from ..analysis.replay import Scale, bands, build_figure, summarize, write_html
     from ..search.methods import METHODS, TIME_BASE, available, default_method, unknown_methods
     from ..search.replay import replay_many
     from ..search.table import optimum_points
@@ -121,7 +121,7 @@ def replay_command(study_dir: Path | None, storage: str | None, study_name: str 
     if html_path is not None:
         grid, curves = bands(shown, fronts, scale)
         fig = build_figure(grid, curves, default, f"dsearch replay: {space.name} on {seeds} seeds, {workers} workers")
-        fig.write_html(str(html_path), include_plotlyjs=True, full_html=True)
+        write_html(fig, html_path)
         say(f"wrote {html_path}")
     if trace_path is not None:
         first = runs[names[0]][0]
