@@ -156,7 +156,9 @@ def print_result(result: dict[str, Any], names: list[str]) -> None:
     console = make_console()
     t = Table(title=f"median over {result['seeds']} seeds; hypervolume as % of the table's optimum; time in "
                     f"simulated seconds (random search needs {result['time_base_s']:,.0f} s for "
-                    f"{result['num_samples']} samples); p: paired Wilcoxon against {result['default']}")
+                    f"{result['num_samples']} samples)"
+                    + (f"; p: paired Wilcoxon against {result['default']}" if result["default"] in names else
+                       f"; no p-values: the default ({result['default']}) is not among the methods"))
     for col in ("method", "final", *[f"at {k}" for k in result["budgets_s"]], "t→90%", "t→95%", "epochs",
                 "junk epochs", "partial on front", "p final", "p at 25%", "p t→95%", "driver ms/trial"):
         t.add_column(col, justify="left" if col == "method" else "right")
