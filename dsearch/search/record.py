@@ -48,7 +48,7 @@ def stored_space_text(url: str, name: str) -> str | None:
 
 
 def make_sampler(kind: str, seed: int | None) -> "optuna.samplers.BaseSampler":
-    """The Optuna sampler named in the space (`tpe`, `nsga2`, `random`, `gp`)."""
+    """The Optuna sampler named in the space (`tpe`, `nsga2`, `random`, `gp`; `grid`: random past its queued points)."""
     import optuna
 
     if kind == "tpe":
