@@ -218,6 +218,15 @@ def test_bad_replay_arguments_are_one_line_exit_2(args, expect, capsys):
     assert expect in err and err.count("\n") == 1
 
 
+def test_the_syne_anchor_without_syne_tune_is_one_line_exit_2(monkeypatch, capsys):
+    import dsearch.search.methods as methods
+
+    monkeypatch.setattr(methods, "available", lambda: [n for n in methods.METHODS if n != "syne-moasha"])
+    assert main(["replay", str(TABLE), "--methods", "syne-moasha"]) == 2
+    err = capsys.readouterr().err
+    assert "pip install 'dsearch[bench]'" in err and err.count("\n") == 1
+
+
 def test_a_missing_table_is_one_line_exit_2(tmp_path, capsys):
     assert main(["replay", str(tmp_path / "nope")]) == 2
     assert "does not exist" in capsys.readouterr().err

@@ -88,6 +88,10 @@ def replay_command(study_dir: Path | None, storage: str | None, study_name: str 
     unknown = unknown_methods(names)
     if unknown:
         raise UserError(f"--methods: unknown method {unknown[0]!r}; methods: {', '.join(METHODS)}")
+    missing = [n for n in names if n not in available()]
+    if missing:
+        raise UserError(f"--methods: {missing[0]} needs Syne Tune, which is not installed; "
+                        "pip install 'dsearch[bench]' (syne-tune), or leave it out")
     workers = workers or space.budget.max_concurrent_trials
     rows = optimum_points(table, space)
     if len(rows) == 0:
