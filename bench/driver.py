@@ -8,7 +8,7 @@ grow with the study and are the sampler's, not the driver's) under dsearch's moa
 MACs (9 epochs, grace 1, rf 3: rungs 1 and 3).
 
 `new`: today's engine (incremental fronts, counts kept by the engine). `old`: the engine with the rules it
-replaced, swapped in for the 200 trials before each mark: the whole rung ranked per arrival (an n × n dominance
+replaced, swapped in for the `--window` trials before each mark: the whole rung ranked per arrival (an n × n dominance
 matrix, bench/rungs.py's OldRungs) and the study's trials read back at every ask (record.counted_trials).
 Usage: python bench/driver.py [--trials 10000] [--marks 1000 5000 10000] [--workers 64]
 Writes bench/results/driver.json.
@@ -35,6 +35,7 @@ from dsearch.search import record as st  # noqa: E402
 from dsearch.search.io import parse_space  # noqa: E402
 from dsearch.search.methods import METHODS  # noqa: E402
 from dsearch.search.replay import replay  # noqa: E402
+from dsearch.search.rungs import Rungs  # noqa: E402
 from dsearch.search.storage import open_storage  # noqa: E402
 from dsearch.search.sampling import grid_params, input_size, resolve  # noqa: E402
 from dsearch.search.table import Run, Table, config_key  # noqa: E402
@@ -51,7 +52,6 @@ params:
   model.compression: {type: float, low: 0.3, high: 0.8, step: 0.1}
   train.lr: {type: categorical, choices: [0.0125, 0.025, 0.05, 0.1, 0.2, 0.4, 0.8, 1.6, 3.2, 6.4, 12.8, 25.6]}
 """
-WINDOW = 200
 
 
 def synthetic_table(space, seed: int = 0) -> Table:
@@ -77,12 +77,12 @@ class OldCounts:
         return type(self).__mro__[2].ask(self)
 
 
-def run(mode: str, table: Table, space, workers: int, marks: list[int]) -> dict:
+def run(mode: str, table: Table, space, workers: int, marks: list[int], window: int) -> dict:
     from dsearch.search.engine import Engine
 
     legacy_engine = type("LegacyEngine", (OldCounts, Engine), {})
     times: list[tuple[int, float]] = []
-    windows = [(m - WINDOW, m) for m in marks]
+    windows = [(m - window, m) for m in marks]
 
     def on_ask(engine, seconds):
         n = engine.counted
@@ -91,8 +91,7 @@ def run(mode: str, table: Table, space, workers: int, marks: list[int]) -> dict:
             return
         inside = any(a <= n < b for a, b in windows)
         engine.__class__ = legacy_engine if inside else Engine
-        engine.rule.__class__ = OldRungs if inside else type(engine.rule).__mro__[-3] if isinstance(
-            engine.rule, OldRungs) else type(engine.rule)
+        engine.rule.__class__ = OldRungs if inside else Rungs
 
     with tempfile.TemporaryDirectory() as tmp:
         storage = open_storage(f"sqlite:///{tmp}/driver.db", writer=True)
@@ -115,11 +114,12 @@ def main() -> None:
     ap.add_argument("--marks", type=int, nargs="+", default=[1000, 5000, 10_000])
     ap.add_argument("--workers", type=int, default=64)
     ap.add_argument("--modes", nargs="+", default=["new", "old"])
+    ap.add_argument("--window", type=int, default=200, help="trials before each mark that are timed")
     args = ap.parse_args()
     space = parse_space(SPACE.replace("NUM", str(args.trials)), "driver.yaml")
     table = synthetic_table(space)
     print(f"synthetic table: {table.describe()}; {args.trials} trials, {args.workers} workers, SQLite")
-    results = [run(mode, table, space, args.workers, args.marks) for mode in args.modes]
+    results = [run(mode, table, space, args.workers, args.marks, args.window) for mode in args.modes]
     print(f"{'mode':6s} " + " ".join(f"{'ms/trial at ' + str(m):>18s}" for m in args.marks) + f" {'wall s':>8s}")
     for r in results:
         print(f"{r['mode']:6s} " + " ".join(f"{r['per_trial_ms'].get(str(m), float('nan')):18.1f}"
@@ -127,7 +127,7 @@ def main() -> None:
     out = Path(__file__).resolve().parent / "results" / "driver.json"
     out.parent.mkdir(exist_ok=True)
     out.write_text(json.dumps({"machine": platform.processor() or platform.machine(), "workers": args.workers,
-                               "window": WINDOW, "results": results}, indent=1) + "\n")
+                               "window": args.window, "results": results}, indent=1) + "\n")
     print(f"wrote {out}")
 
 
