@@ -115,8 +115,15 @@ def _pct(b: float) -> str:
     return f"{b:.0%}"
 
 
-def summarize(runs: dict[str, list[Any]], fronts: dict[str, str], scale: Scale, default: str,
-              time_base: float, median_acc: float, max_epochs: int) -> dict[str, Any]:
+def share_histories(runs: dict[str, list[Any]], fronts: dict[str, str],
+                    scale: Scale) -> dict[str, list[tuple[np.ndarray, np.ndarray]]]:
+    """`share_history` of every replayed search, per method in seed order (computed once, read by `summarize`
+    and `bands`)."""
+    return {name: [share_history(r.trials, fronts[name], scale) for r in seeds] for name, seeds in runs.items()}
+
+
+def summarize(runs: dict[str, list[Any]], histories: dict[str, list[Any]], fronts: dict[str, str], scale: Scale,
+              default: str, time_base: float, median_acc: float, max_epochs: int) -> dict[str, Any]:
     """Per method: per-seed lists (final share, share at each budget, time to 90/95 %, epochs, partial-budget
     points on the front, epochs spent on junk, rejected share, driver ms per trial), their medians, and paired
     Wilcoxon p-values against `default` (same seeds) at each budget and at the end."""
@@ -126,8 +133,7 @@ def summarize(runs: dict[str, list[Any]], fronts: dict[str, str], scale: Scale, 
         m: dict[str, Any] = {"final_hypervolume": [], "hypervolume_at": {k: [] for k in budgets},
                              "time_to_90": [], "time_to_95": [], "epochs": [], "partial_on_front": [],
                              "junk_epochs": [], "rejected_share": [], "end_s": [], "driver_ms_per_trial": []}
-        for r in seeds:
-            h = share_history(r.trials, fronts[name], scale)
+        for r, h in zip(seeds, histories[name]):
             m["final_hypervolume"].append(float(h[1][-1]))
             for k, t in budgets.items():
                 m["hypervolume_at"][k].append(share_at(h, t))
@@ -164,17 +170,14 @@ def summarize(runs: dict[str, list[Any]], fronts: dict[str, str], scale: Scale, 
             "driver_ms_per_trial": {n: m["median"]["driver_ms_per_trial"] for n, m in methods.items()}}
 
 
-def bands(runs: dict[str, list[Any]], fronts: dict[str, str], scale: Scale,
+def bands(runs: dict[str, list[Any]], histories: dict[str, list[Any]],
           points: int = 200) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     """A time grid and, per method, the (3, len(grid)) 25th / 50th / 75th percentiles of the share over seeds."""
     horizon = max((r.end for seeds in runs.values() for r in seeds), default=1.0) or 1.0
     grid = np.linspace(0.0, horizon, points)
     out = {}
-    for name, seeds in runs.items():
-        curves = []
-        for r in seeds:
-            h = share_history(r.trials, fronts[name], scale)
-            curves.append([share_at(h, t) for t in grid])
+    for name, seeds in histories.items():
+        curves = [[share_at(h, t) for t in grid] for h in seeds]
         out[name] = np.percentile(np.asarray(curves), [25, 50, 75], axis=0)
     return grid, out
 

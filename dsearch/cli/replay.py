@@ -66,7 +66,7 @@ def replay_command(study_dir: Path | None, storage: str | None, study_name: str 
                    jobs: int | None, quiet: bool = False) -> dict[str, Any]:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from ..analysis.replay import Scale, bands, build_figure, summarize, write_html
+    from ..analysis.replay import Scale, bands, build_figure, share_histories, summarize, write_html
     from ..search.methods import METHODS, TIME_BASE, available, default_method, unknown_methods
     from ..search.replay import replay_many
     from ..search.table import optimum_points
@@ -113,7 +113,8 @@ def replay_command(study_dir: Path | None, storage: str | None, study_name: str 
     time_base = float(np.median([r.end for r in runs[TIME_BASE]]))
     median_acc = float(np.median(rows[:, [o.metric for o in space.objectives].index("val_acc")]))
     shown = {n: runs[n] for n in names}
-    result = summarize(shown, fronts, scale, default, time_base, median_acc, space.budget.max_epochs)
+    histories = share_histories(shown, fronts, scale)
+    result = summarize(shown, histories, fronts, scale, default, time_base, median_acc, space.budget.max_epochs)
     result.update(table=table.describe(), space=space.name, seeds=seeds, workers=workers,
                   num_samples=space.budget.num_samples, rungs=space.budget.milestones,
                   reduction_factor=space.budget.reduction_factor)
@@ -123,7 +124,7 @@ def replay_command(study_dir: Path | None, storage: str | None, study_name: str 
         Path(json_path).write_text(json.dumps(result, indent=1, default=_jsonable) + "\n")
         say(f"wrote {json_path}")
     if html_path is not None:
-        grid, curves = bands(shown, fronts, scale)
+        grid, curves = bands(shown, histories)
         fig = build_figure(grid, curves, default, f"dsearch replay: {space.name} on {seeds} seeds, {workers} workers")
         write_html(fig, html_path)
         say(f"wrote {html_path}")

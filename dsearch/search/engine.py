@@ -103,7 +103,6 @@ class Engine:
         self.curves: dict[int, list[float]] = {}          # trial number → val_acc per epoch, as the rule saw it
         self.trained = 0                                  # this run: trials told COMPLETE / PRUNED ...
         self.failed: list[tuple[int, str]] = []           # ... and FAIL(error), with their messages
-        self.states: dict[str, int] = {}                  # this run: how trials ended, by state
 
     # --- ask and price ------------------------------------------------------------------------------------
 
@@ -246,7 +245,6 @@ class Engine:
                    VAL_LOSS: info["last"].get(VAL_LOSS, float("nan"))}
         state = st.tell_finished(self.study, info["trial"], metrics, int(info["last"].get(EPOCH, 0)),
                                  self.space.budget.max_epochs, self._attrs(info))
-        self.states[state] = self.states.get(state, 0) + 1
         self.trained += 1
         self.proposer.told(number, state, metrics)
         return state
@@ -276,7 +274,6 @@ class Engine:
                 where = f"the traceback could not be saved to {path} ({e.strerror})"
         st.tell_failed(self.study, info["trial"], "error", f"{message[:1500]} ({where})",
                        {**attrs, st.ERROR_KIND: kind})
-        self.states["FAIL"] = self.states.get("FAIL", 0) + 1
         self.failed.append((number, message))
         self.proposer.told(number, "FAIL", {})
 

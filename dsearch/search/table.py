@@ -80,6 +80,8 @@ class Table:
         if self.mean_times:
             line += (f"; {self.mean_times} runs recorded no per-epoch times and replay with their mean epoch "
                      "time (train time / epochs)")
+        if self.skipped:
+            line += f"; {self.skipped} trained trials recorded no curve and are left out"
         return line
 
 
