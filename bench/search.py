@@ -1,7 +1,9 @@
-"""Search methods on real Fashion-MNIST: dsearch MO-ASHA vs ASHA vs MO-ASHA + random, and Ray Tune's OptunaSearch + ASHA.
+"""Search methods on real Fashion-MNIST: dsearch's default (EHVI) vs MO-ASHA + TPE vs ASHA vs MO-ASHA + random, and
+Ray Tune's OptunaSearch + ASHA.
 
 Every method searches bench/search_space.yaml with the same budget (max_epochs, rung, reduction_factor),
 num_samples, resources and sampler seed, once per seed (seed s: sampler.seed = s):
+  dsearch        dsearch's defaults: the EHVI sampler (no sampler.type) and moasha with the chance floor
   moasha         dsearch, budget.scheduler moasha (a rung ranks on val_acc, params, MACs), TPE
   asha           dsearch, budget.scheduler asha (a rung ranks on val_acc alone), TPE
   moasha-random  dsearch, moasha with sampler.type random
@@ -56,8 +58,9 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 BASE_SPACE = HERE / "search_space.yaml"
 
-# method → (runner, budget.scheduler, sampler.type)
-METHODS: dict[str, tuple[str, str, str]] = {
+# method → (runner, budget.scheduler, sampler.type; None: dsearch's default)
+METHODS: dict[str, tuple[str, str, str | None]] = {
+    "dsearch": ("dsearch", "moasha", None),
     "moasha": ("dsearch", "moasha", "tpe"),
     "asha": ("dsearch", "asha", "tpe"),
     "moasha-random": ("dsearch", "moasha", "random"),
@@ -82,7 +85,7 @@ def method_space(base: dict, method: str, seed: int, smoke: bool) -> dict:
     space = json.loads(json.dumps(base))
     space["name"] = f"search-{method}-s{seed}"
     space["budget"]["scheduler"] = scheduler
-    space["sampler"] = {"type": sampler, "seed": seed}
+    space["sampler"] = {"seed": seed} if sampler is None else {"type": sampler, "seed": seed}
     if smoke:
         for key, value in SMOKE.items():
             section, field = key.split(".")

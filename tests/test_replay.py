@@ -170,10 +170,21 @@ def test_the_engine_keeps_its_counts_and_reads_the_study_once_at_start(monkeypat
 
 
 def test_the_default_method_is_the_one_dsearch_run_uses():
-    assert default_method(hand_space()) == "moasha"
-    assert default_method(hand_space(**{"reduction_factor: 2,": "reduction_factor: 2, tie_break: epsilon,"})) \
-        == "moasha-epsilon"
-    assert default_method(hand_space(**{"reduction_factor: 2,": "reduction_factor: 2, scheduler: asha,"})) == "asha"
+    """Three objectives with dsearch's defaults: EHVI + rungs after the lr drops with the chance floor, which is
+    what `dsearch run` builds from the space (engine.space_rungs, space_proposer); other spaces replay as written."""
+    from dsearch.search.ehvi import CostAwareProposer
+    from dsearch.search.engine import space_proposer, space_rungs
+
+    space = hand_space(**{"type: random, ": ""})
+    assert space.sampler_type == "ehvi" and default_method(space) == "dsearch"
+    assert default_method(hand_space()) == "space"          # sampler.type random: the space as written
+    ours, run = METHODS["dsearch"].rule(space), space_rungs(space)
+    assert (ours.rungs, ours.objectives, ours.floor, ours.tie_break) == (run.rungs, run.objectives, run.floor,
+                                                                        run.tie_break)
+    assert isinstance(METHODS["dsearch"].make_proposer(space, 0), CostAwareProposer)
+    assert isinstance(space_proposer(space, 0), CostAwareProposer)
+    asha = hand_space(**{"type: random, ": "", "reduction_factor: 2,": "reduction_factor: 2, scheduler: asha,"})
+    assert default_method(asha) == "space"
 
 
 # --- the numbers ------------------------------------------------------------------------------------------
@@ -236,23 +247,25 @@ def test_a_small_replay_of_the_committed_fashion_mnist_table(tmp_path):
     """The committed table: 108 configurations × 2 seeds at 12 epochs; a replay of 4 methods × 3 seeds."""
     out, trace = tmp_path / "r.json", tmp_path / "trace.jsonl"
     code = main(["replay", str(TABLE), "--space", str(ROOT / "spaces" / "fashion_replay.yaml"),
-                 "--methods", "moasha,random,optuna-tpe,ray-asha-optunasearch", "--seeds", "3",
+                 "--methods", "dsearch,moasha,random,optuna-tpe,ray-asha-optunasearch", "--seeds", "3",
                  "--num-samples", "16", "--json", str(out), "--trace", str(trace), "--html", str(tmp_path / "r.html")])
     assert code == 0
     r = json.loads(out.read_text())
     assert r["table"].startswith("108 configurations, 216 runs, 216 at the full budget of 12 epochs")
-    assert r["default"] == "moasha" and r["optimum_hypervolume"] > 0
+    assert r["default"] == "dsearch" and r["optimum_hypervolume"] > 0
     for name, m in r["methods"].items():
         assert len(m["final_hypervolume"]) == len(m["time_to_95"]) == len(m["epochs"]) == 3
         if name != "ray-asha-optunasearch":                  # full-budget fronts never pass the table's optimum
             assert all(0 < v <= 1 + 1e-9 for v in m["final_hypervolume"])
-        assert name == "moasha" or "final" in m["p_value_vs_default"]
+        assert name == "dsearch" or "final" in m["p_value_vs_default"]
     assert r["methods"]["random"]["epochs"] == [16 * 12] * 3          # every trial to the full budget
-    assert all(e < 16 * 12 for e in r["methods"]["moasha"]["epochs"])   # rungs stop some
-    assert r["rungs"] == [1, 2, 4] and "moasha" in r["driver_ms_per_trial"]
+    for name in ("dsearch", "moasha"):
+        assert all(e < 16 * 12 for e in r["methods"][name]["epochs"])   # rungs stop some
+    assert r["rungs"] == [7] and r["geometric_rungs"] == [1, 2, 4] and "dsearch" in r["driver_ms_per_trial"]
     lines = [json.loads(x) for x in trace.read_text().splitlines()]
     assert [x["number"] for x in lines] == list(range(len(lines)))
     assert sum(x["state"] in ("COMPLETE", "PRUNED") for x in lines) == 16
+    assert len({json.dumps(x["params"], sort_keys=True) for x in lines}) == 16   # EHVI never repeats a configuration
     assert set(lines[0]) == {"number", "params", "state", "epochs_trained"}
     assert "plotly" in (tmp_path / "r.html").read_text()[:5000].lower()
 
@@ -264,7 +277,7 @@ name: faithful
 data: {name: synthetic, augment: true, val_size: 100, synthetic_size: 400, synthetic_image_size: 8}
 budget: {max_epochs: 4, num_samples: 8, grace_period: 1, reduction_factor: 2, max_concurrent_trials: 1}
 resources: {cpu: 1, gpu: 0}
-sampler: {type: tpe, seed: 3}
+sampler: {seed: 3}
 fixed: {model.variant: densenet-bc, train.batch_size: 32}
 params:
   model.depth: {type: int, low: 10, high: 16, step: 6}
@@ -278,9 +291,13 @@ seed_trials: [{model.depth: 10, model.growth_rate: 6, train.lr: 0.1}]
 def test_a_real_search_replayed_on_itself_with_one_worker_makes_the_same_decisions(tmp_path):
     space, study_dir = tmp_path / "faithful.yaml", tmp_path / "study"
     space.write_text(FAITHFUL)
-    proc = subprocess.run([sys.executable, "-m", "dsearch.cli", "run", str(space), "--study-dir", str(study_dir),
-                           "--quiet"], capture_output=True, text=True, timeout=600)
+    proc = subprocess.run([sys.executable, "-m", "dsearch.cli", "run", str(space), "--study-dir", str(study_dir)],
+                          capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr
+    # dsearch's default sampler for three objectives, and why; the rungs and why they are there.
+    assert ("sampler ehvi (the default for several objectives: params and MACs are known before training, so only "
+            "val_acc is modelled); moasha on val_acc, params, macs, rungs at epochs 1 (100%), 2 (50%)") in proc.stdout
+    assert "(budget.grace_period is given)" in proc.stdout
     study = optuna.load_study(study_name="faithful", storage=f"sqlite:///{study_dir}/study.db")
     real = [(t.number, t.params, t.state.name, t.user_attrs.get("epochs_trained", 0)) for t in study.trials]
     assert {s for _, _, s, _ in real} >= {"COMPLETE", "PRUNED"}          # the rungs decided something

@@ -13,7 +13,7 @@ import pytest
 
 from dsearch.metrics import MACS, MAXIMIZE, MINIMIZE, PARAMS, VAL_ACC
 from dsearch.ranking import crowding_distance, front_indices, rank_order, to_minimization
-from dsearch.search.rungs import Rungs, describe, milestones
+from dsearch.search.rungs import Rungs, after_first_drop, chance_floor, describe, milestones
 
 MO = [(VAL_ACC, MAXIMIZE), (PARAMS, MINIMIZE), (MACS, MINIMIZE)]
 SO = [(VAL_ACC, MAXIMIZE)]
@@ -94,11 +94,12 @@ def rung_decisions(events, rungs):
     return [(t, e, go) for t, e, _, _, go in events if e in rungs]
 
 
+@pytest.mark.parametrize("floor", [None, 0.5])
 @pytest.mark.parametrize("tie_break", ["crowding", "epsilon"])
-def test_a_trial_that_dominates_its_rung_is_never_stopped_and_one_dominated_by_all_is(tie_break):
+def test_a_trial_that_dominates_its_rung_is_never_stopped_and_one_dominated_by_all_is(tie_break, floor):
     rng = np.random.default_rng(0)
     for _ in range(300):
-        r = Rungs([2], 3, MO, tie_break)
+        r = Rungs([2], 3, MO, tie_break, floor)
         n = int(rng.integers(1, 12))
         for i in range(n):
             r.recorded[2][i] = (float(rng.uniform(0.3, 0.8)), float(rng.uniform(2e3, 9e4)), float(rng.uniform(1e5, 9e7)))
@@ -109,13 +110,41 @@ def test_a_trial_that_dominates_its_rung_is_never_stopped_and_one_dominated_by_a
         assert len(r.recorded[2]) == n + 2
 
 
+@pytest.mark.parametrize("floor", [None, 0.128])
 @pytest.mark.parametrize("rf", [2, 3, 4])
-def test_the_promoted_share_tends_to_one_over_rf(rf):
+def test_the_promoted_share_tends_to_one_over_rf(rf, floor):
     rng = np.random.default_rng(rf)
-    r = Rungs([1], rf, MO)
+    r = Rungs([1], rf, MO, floor=floor)
     decisions = [r.on_report(i, [float(rng.uniform())], {PARAMS: float(rng.uniform(1e3, 1e5)),
                                                           MACS: float(rng.uniform(1e5, 1e8))}) for i in range(1000)]
     assert abs(np.mean(decisions) - 1 / rf) < 0.03, np.mean(decisions)
+
+
+@pytest.mark.parametrize("rf", [2, 3])
+def test_a_chance_level_trial_never_goes_on_once_rf_trials_are_better_than_chance(rf):
+    """The cheapest net at 10 % on 10 classes is on the rung's first front (nothing has fewer params or MACs), so
+    the floorless rule always promotes it; with the floor it stops as soon as rf trials are above 12.8 %."""
+    floor = chance_floor(10, 1000)
+    assert floor == pytest.approx(0.1 + 3 * math.sqrt(0.09 / 1000)) and 0.128 < floor < 0.129
+    cheap, big = {PARAMS: 1e3, MACS: 1e5}, {PARAMS: 1e5, MACS: 1e7}
+    for with_floor in (None, floor):
+        r = Rungs([1], rf, MO, floor=with_floor)
+        assert r.on_report(0, [0.10], cheap)          # alone at its rung: nothing is better than chance yet
+        for i in range(1, 2 * rf + 1):                # 2·rf nets above chance, all as big: one front each
+            r.on_report(i, [0.5 + 0.01 * i], big)
+        # n = 2·rf + 2, ⌈n / rf⌉ = 3: the best big net and the cheap one share the first front.
+        assert r.on_report(100, [0.10], cheap) is (with_floor is None)
+        assert r.on_report(101, [floor + 0.002], cheap)                 # just above chance: cheapest, goes on
+    assert chance_floor(100, 5000) == pytest.approx(0.01 + 3 * math.sqrt(0.0099 / 5000))
+
+
+def test_one_rung_one_epoch_after_the_first_lr_drop():
+    assert after_first_drop(12, (0.5, 0.75)) == [7]            # lr ÷ 10 after epoch 6: epoch 7 is wholly at 0.01
+    assert after_first_drop(300, (0.5, 0.75)) == [151]
+    assert after_first_drop(90, (1 / 3, 2 / 3)) == [31]
+    assert after_first_drop(4, (0.25, 0.75)) == [2]
+    assert after_first_drop(10, (0.45,)) == [6]                # a drop inside epoch 5: epoch 6 is the first wholly after
+    assert after_first_drop(4, (0.8,)) == [] and after_first_drop(12, ()) == []    # no epoch left after it
 
 
 def test_decisions_are_deterministic_for_a_given_stream():
@@ -187,13 +216,22 @@ def test_with_val_acc_alone_it_decides_as_rays_asha_except_where_ray_interpolate
 
 # --- the incremental rank decides as rank_order on the whole rung -----------------------------------------------
 
-def reference_goes_on(recorded: dict, trial: int, objectives, tie_break: str, rf: float) -> bool:
+def reference_goes_on(recorded: dict, trial: int, objectives, tie_break: str, rf: float,
+                      floor: float | None = None) -> bool:
     """The O(n²) rule as goes_on had it: rank_order on every finite vector of the rung (trial number as the index);
-    only ⌈n / rf⌉ is exact now (rf as its decimal)."""
+    only ⌈n / rf⌉ is exact now (rf as its decimal). With a floor, once ≥ rf finite vectors have val_acc above
+    it, a vector at or below it stops and the others rank among themselves."""
     ids = sorted(recorded)
     if any(not math.isfinite(v) for v in recorded[trial]):
         return False
     finite = [i for i in ids if all(math.isfinite(x) for x in recorded[i])]
+    if floor is not None and VAL_ACC in [m for m, _ in objectives]:
+        j = [m for m, _ in objectives].index(VAL_ACC)
+        above = [i for i in finite if recorded[i][j] > floor]
+        if len(above) >= rf:
+            if trial not in above:
+                return False
+            finite = above
     points = to_minimization([recorded[i] for i in finite], [d for _, d in objectives])
     order = [finite[k] for k in rank_order(points, tie_break)]
     return order.index(trial) < math.ceil(Fraction(len(ids)) / Fraction(str(rf)))
@@ -201,7 +239,8 @@ def reference_goes_on(recorded: dict, trial: int, objectives, tie_break: str, rf
 
 class ReferenceRungs(Rungs):
     def goes_on(self, rung: int, trial: int) -> bool:
-        return reference_goes_on(self.recorded[rung], trial, self.objectives, self.tie_break, self.reduction_factor)
+        return reference_goes_on(self.recorded[rung], trial, self.objectives, self.tie_break, self.reduction_factor,
+                                 self.floor)
 
 
 MO2 = [(VAL_ACC, MAXIMIZE), (PARAMS, MINIMIZE)]
@@ -225,12 +264,14 @@ def tricky_report(rng: np.random.Generator, pool: list) -> tuple[list[float], di
     return acc, {PARAMS: params, MACS: macs}
 
 
+@pytest.mark.parametrize("floor", [None, 0.5], ids=["no-floor", "floor"])
 @pytest.mark.parametrize("objectives", [SO, MO2, MO], ids=["1obj", "2obj", "3obj"])
 @pytest.mark.parametrize("tie_break", ["crowding", "epsilon"])
-def test_incremental_decisions_equal_rank_order_on_the_whole_rung(objectives, tie_break):
+def test_incremental_decisions_equal_rank_order_on_the_whole_rung(objectives, tie_break, floor):
     rf = (2, 3, 2.3)[(2 * len(objectives) + (tie_break == "epsilon")) % 3]    # each rf with two objective sets
     rng = np.random.default_rng([len(objectives), tie_break == "epsilon"])
-    ours, ref, pool = Rungs([1], rf, objectives, tie_break), ReferenceRungs([1], rf, objectives, tie_break), []
+    ours = Rungs([1], rf, objectives, tie_break, floor)
+    ref, pool = ReferenceRungs([1], rf, objectives, tie_break, floor), []
     decisions = []
     for t in rng.permutation(600)[:250].tolist():                       # trial numbers arrive out of order
         curve, fixed = tricky_report(rng, pool)
@@ -240,13 +281,15 @@ def test_incremental_decisions_equal_rank_order_on_the_whole_rung(objectives, ti
     assert 0 < sum(decisions) < len(decisions)
 
 
-@pytest.mark.parametrize("objectives, rf, tie_break", [(SO, 2.3, "crowding"), (MO2, 2, "epsilon"), (MO, 3, "crowding")],
-                         ids=["1obj", "2obj", "3obj"])
-def test_rebuild_direct_writes_and_reports_interleaved_decide_as_rank_order(objectives, rf, tie_break):
+@pytest.mark.parametrize("objectives, rf, tie_break, floor",
+                         [(SO, 2.3, "crowding", None), (MO2, 2, "epsilon", 0.6), (MO, 3, "crowding", 0.5)],
+                         ids=["1obj", "2obj-floor", "3obj-floor"])
+def test_rebuild_direct_writes_and_reports_interleaved_decide_as_rank_order(objectives, rf, tie_break, floor):
     """recorded is the source of truth: rebuild(), and writes to recorded behind the scheduler's back (new
     trials, overwritten vectors, deleted ones), between reports; every decision and any goes_on as rank_order."""
     rng = np.random.default_rng(len(objectives))
-    ours, ref, pool = Rungs([1, 2], rf, objectives, tie_break), ReferenceRungs([1, 2], rf, objectives, tie_break), []
+    ours, pool = Rungs([1, 2], rf, objectives, tie_break, floor), []
+    ref = ReferenceRungs([1, 2], rf, objectives, tie_break, floor)
     trials = iter(rng.permutation(2000).tolist())
     for step in range(120):
         u = rng.uniform()

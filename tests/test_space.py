@@ -94,18 +94,20 @@ def test_quickstart_is_a_small_cpu_search_on_fashion_mnist():
     assert space.data.name == "fashion_mnist"
     assert (space.resources.cpu, space.resources.gpu) == (1, 0)
     assert space.budget.max_concurrent_trials == 2
-    assert space.budget.grace_period < space.budget.max_epochs  # so ASHA can stop something
     # Pareto-aware, one rung, and it comes after the first lr drop: it ranks on less noise than before it.
     from dsearch.training.schedule import schedule_lr
 
-    assert space.scheduler == "moasha" and space.budget.milestones == [2]
+    assert space.scheduler == "moasha" and space.milestones == [2] and space.sampler_type == "ehvi"
     run = resolve(space, {"model.depth": 16, "model.growth_rate": 8, "train.lr": 0.1})
     assert [schedule_lr(e, run.train) for e in range(4)] == pytest.approx([0.1, 0.01, 0.01, 0.001])
 
 
 def test_cifar_bc_rungs_leave_no_trial_stopped_at_90_percent_of_its_budget():
     space = load_space(SPACES / "cifar_bc.yaml")
-    assert space.budget.milestones == [10, 30, 90]          # Ray's ASHA would add 270 of 300
+    assert space.milestones == [151]                        # one epoch after the first lr drop, at 150 of 300
+    grace = parse_space((SPACES / "cifar_bc.yaml").read_text().replace("num_samples: 64,", "num_samples: 64, "
+                                                                         "grace_period: 10,"))
+    assert grace.milestones == [10, 30, 90]                 # grace · 3^k; Ray's ASHA would add 270 of 300
 
 
 def test_exponent_floats_without_a_dot_or_sign_are_numbers():

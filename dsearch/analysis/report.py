@@ -248,7 +248,7 @@ def build_report(study: "optuna.Study", objectives: tuple[Objective, ...], inclu
     values = usable[names].to_numpy(dtype=float)
     ref = choose_reference(objectives, values, reference, space)
     paper = paper_points(space.data.name, space.data.augment) if space is not None else []
-    rungs = rung_correlations(frame, space.budget.milestones, space.budget.max_epochs) if space is not None else ()
+    rungs = rung_correlations(frame, space.milestones, space.budget.max_epochs) if space is not None else ()
     metrics = tuple(study.metric_names or names)
     params = tuple(sorted(parameter_columns(frame)))
     best = {}

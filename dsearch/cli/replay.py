@@ -55,7 +55,7 @@ def replay_space(table_space: Any, space_path: Path | None, num_samples: int | N
                         f"{table_space.budget.max_epochs} epochs; use a space with max_epochs ≤ "
                         f"{table_space.budget.max_epochs}")
     budget = space.budget.model_copy(update={"num_samples": num_samples} if num_samples else {})
-    sampler = space.sampler.model_copy(update={"type": "tpe" if space.sampler.type == "grid" else space.sampler.type,
+    sampler = space.sampler.model_copy(update={"type": None if space.sampler.type == "grid" else space.sampler.type,
                                                "repeats": 1})
     return space.model_copy(update={"budget": budget, "sampler": sampler})
 
@@ -102,8 +102,9 @@ def replay_command(study_dir: Path | None, storage: str | None, study_name: str 
     say = (lambda *a: None) if quiet else print
     say(f"table: {table.describe()}")
     say(f"replaying {len(names)} methods × {seeds} seeds of {space.name}: {space.budget.num_samples} samples, "
-        f"{workers} workers, rungs {space.budget.milestones or 'none'} (reduction factor "
-        f"{space.budget.reduction_factor:g}), on {jobs} processes")
+        f"{workers} workers, on {jobs} processes; dsearch's rungs {space.milestones or 'none'} "
+        f"({space.rung_placement}), anchors' grace · rf^k {space.budget.milestones or 'none'} (reduction factor "
+        f"{space.budget.reduction_factor:g})")
     with Progress(TextColumn("replay"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   disable=quiet, transient=True) as bar:
         task = bar.add_task("replay", total=len(run_names) * seeds)
@@ -116,7 +117,8 @@ def replay_command(study_dir: Path | None, storage: str | None, study_name: str 
     histories = share_histories(shown, fronts, scale)
     result = summarize(shown, histories, fronts, scale, default, time_base, median_acc, space.budget.max_epochs)
     result.update(table=table.describe(), space=space.name, seeds=seeds, workers=workers,
-                  num_samples=space.budget.num_samples, rungs=space.budget.milestones,
+                  num_samples=space.budget.num_samples, rungs=space.milestones,
+                  geometric_rungs=space.budget.milestones,
                   reduction_factor=space.budget.reduction_factor)
     if not quiet:
         print_result(result, names)

@@ -69,9 +69,18 @@ class StudySampler:
 
 
 def space_rungs(space: "SearchSpace") -> Rungs:
-    """The space's own rung rule: moasha or asha at its milestones."""
+    """The space's own rung rule: moasha or asha at its milestones, chance-level trials held back."""
     b = space.budget
-    return Rungs(b.milestones, b.reduction_factor, space.rung_objectives, b.tie_break)
+    return Rungs(space.milestones, b.reduction_factor, space.rung_objectives, b.tie_break, space.chance_floor)
+
+
+def space_proposer(space: "SearchSpace", seed: int | None) -> Proposer:
+    """The space's own proposer: ehvi's (search/ehvi.py) or the study's sampler."""
+    if space.sampler_type == "ehvi":
+        from .ehvi import CostAwareProposer
+
+        return CostAwareProposer(space, seed)
+    return StudySampler()
 
 
 class Engine:
@@ -92,7 +101,7 @@ class Engine:
         self.study_dir = Path(study_dir).resolve() if study_dir is not None else None
         self.storage = storage or (artifacts.TrialStorage.of_study(self.study_dir) if self.study_dir else None)
         self.interrupted, self.admit, self.clock = interrupted, admit, clock
-        self.proposer = proposer or StudySampler()
+        self.proposer = proposer or space_proposer(space, space.sampler.seed)
         self.rule = rule if rule is not None else space_rungs(space)
         history = st.rung_history(study)
         self.rule.rebuild(history)           # the decisions of an uninterrupted run, after a kill

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from ..metrics import EPOCH, MAXIMIZE, VAL_ACC
 from ..ranking import CROWDING, EPSILON
-from .engine import Proposer, RungRule, StudySampler, space_rungs
+from .engine import Proposer, RungRule, StudySampler, space_proposer, space_rungs
 from .record import make_sampler
 from .rungs import Rungs
 
@@ -50,15 +50,30 @@ class Method:
 # --- rung rules -------------------------------------------------------------------------------------------
 
 def moasha(space: "SearchSpace", tie_break: str = CROWDING) -> Rungs:
-    """dsearch's Pareto-aware rungs on every objective at the space's milestones."""
+    """The Pareto-aware rungs of dsearch ≤ 0.1 on every objective: at grace · rf^k, no chance floor."""
     b = space.budget
     return Rungs(b.milestones, b.reduction_factor, [(o.metric, o.direction) for o in space.objectives], tie_break)
 
 
 def asha(space: "SearchSpace") -> Rungs:
-    """dsearch's rungs on val_acc alone (ASHA's rule: the top ⌈n / rf⌉)."""
+    """Rungs on val_acc alone (ASHA's rule: the top ⌈n / rf⌉) at grace · rf^k."""
     b = space.budget
     return Rungs(b.milestones, b.reduction_factor, [(VAL_ACC, MAXIMIZE)])
+
+
+def floor_rungs(space: "SearchSpace") -> Rungs:
+    """Pareto-aware rungs at grace · rf^k with the chance floor: the rule alone, without the placement."""
+    b = space.budget
+    return Rungs(b.milestones, b.reduction_factor, [(o.metric, o.direction) for o in space.objectives],
+                 b.tie_break, space.chance_floor)
+
+
+def signal_rungs(space: "SearchSpace") -> Rungs:
+    """dsearch's rungs: one epoch after the first lr drop (`SearchSpace.milestones`), Pareto-aware, with the
+    chance floor."""
+    b = space.budget
+    return Rungs(space.milestones, b.reduction_factor, [(o.metric, o.direction) for o in space.objectives],
+                 b.tie_break, space.chance_floor)
 
 
 def no_rungs(space: "SearchSpace") -> Rungs:
@@ -176,16 +191,30 @@ def _syne_moasha(space: "SearchSpace") -> RungRule:
 
 def space_sampler(space: "SearchSpace", seed: int | None) -> "optuna.samplers.BaseSampler":
     """The sampler the space names (a grid's points are not queued in a replay: random past them)."""
-    return make_sampler(space.sampler.type, seed)
+    return make_sampler(space.sampler_type, seed)
+
+
+def ehvi_proposer(space: "SearchSpace", seed: int | None) -> Proposer:
+    from .ehvi import CostAwareProposer
+
+    return CostAwareProposer(space, seed)
 
 
 METHODS: dict[str, Method] = {m.name: m for m in (
     Method("space", "the space as written: its sampler and its scheduler (a study replayed on itself)",
-           space_sampler, space_rungs),
-    Method("moasha", "dsearch TPE + Pareto-aware rungs (crowding)", dsearch_tpe, moasha),
-    Method("moasha-epsilon", "dsearch TPE + Pareto-aware rungs (ε-net)", dsearch_tpe,
+           space_sampler, space_rungs, space_proposer),
+    Method("dsearch", "EHVI on a GP of val_acc with exact params/MACs + a Pareto rung after the first lr drop, "
+           "chance floor", random_sampler, signal_rungs, ehvi_proposer),
+    Method("ehvi", "EHVI (GP on val_acc, exact params/MACs), every trial to the full budget", random_sampler,
+           no_rungs, ehvi_proposer),
+    Method("tpe-signal", "dsearch TPE + a Pareto rung after the first lr drop, chance floor", dsearch_tpe,
+           signal_rungs),
+    Method("moasha-floor", "dsearch TPE + Pareto rungs at grace · rf^k, chance floor", dsearch_tpe, floor_rungs),
+    Method("moasha", "dsearch ≤ 0.1's default: TPE + Pareto-aware rungs (crowding) at grace · rf^k",
+           dsearch_tpe, moasha),
+    Method("moasha-epsilon", "dsearch TPE + Pareto-aware rungs (ε-net) at grace · rf^k", dsearch_tpe,
            lambda s: moasha(s, EPSILON)),
-    Method("asha", "dsearch TPE + rungs on val_acc", dsearch_tpe, asha),
+    Method("asha", "dsearch TPE + rungs on val_acc at grace · rf^k", dsearch_tpe, asha),
     Method("random", "random search, every trial to the full budget", random_sampler, no_rungs),
     Method("random-moasha", "random search + Pareto-aware rungs", random_sampler, moasha),
     Method("random-asha", "random search + rungs on val_acc", random_sampler, asha),
@@ -200,10 +229,9 @@ TIME_BASE = "random"      # full-budget random search: the budgets are shares of
 
 
 def default_method(space: "SearchSpace") -> str:
-    """The method `dsearch run` uses for this space's objectives (and tie break)."""
-    if space.scheduler == "asha":
-        return "asha"
-    return "moasha-epsilon" if space.budget.tie_break == EPSILON else "moasha"
+    """The method `dsearch run` uses with dsearch's defaults for this space's objectives: `dsearch` where EHVI
+    applies (two or more objectives, one trained), else the space's own sampler and rungs."""
+    return "dsearch" if space.sampler_type == "ehvi" and space.scheduler == "moasha" else "space"
 
 
 def unknown_methods(names: list[str]) -> list[str]:

@@ -56,11 +56,11 @@ def make_sampler(kind: str, seed: int | None) -> "optuna.samplers.BaseSampler":
         return optuna.samplers.TPESampler(seed=seed, multivariate=True, n_startup_trials=5, constant_liar=True)
     if kind == "nsga2":
         return optuna.samplers.NSGAIISampler(seed=seed)
-    if kind in ("random", "grid"):       # grid: its points are queued in the study; random past them
+    if kind in ("random", "grid", "ehvi"):   # grid, ehvi: points queued in the study (ehvi.py); random past them
         return optuna.samplers.RandomSampler(seed=seed)
     if kind == "gp":
         return optuna.samplers.GPSampler(seed=seed)
-    raise UserError(f"sampler.type: unknown sampler {kind!r} (tpe, nsga2, random, gp, grid)")
+    raise UserError(f"sampler.type: unknown sampler {kind!r} (ehvi, tpe, nsga2, random, gp, grid)")
 
 
 def _quiet_optuna() -> None:
@@ -82,7 +82,7 @@ def create_or_load(space: "SearchSpace", study_dir: Path, storage: str | None = 
     url = storage_url(study_dir, storage)
     existed = db_exists(url)
     rdb = open_storage(url, writer=True)
-    sampler = make_sampler(space.sampler.type, space.sampler.seed)
+    sampler = make_sampler(space.sampler_type, space.sampler.seed)
     names = optuna.get_all_study_names(rdb) if existed else []
     if storage is None and names and space.name not in names:
         raise UserError(f"{url} holds study {names[0]!r}, not {space.name!r}; "
@@ -111,7 +111,7 @@ def new_study(space: "SearchSpace", storage: Any, sampler: "optuna.samplers.Base
     study._storage.set_study_system_attr(study._study_id, SPACE_ATTR, dump_space(space))
     for params in seed_params(space):
         study.enqueue_trial(params, skip_if_exists=True)
-    if space.sampler.type == "grid":      # repeats of a point are separate runs (their own training seeds)
+    if space.sampler_type == "grid":      # repeats of a point are separate runs (their own training seeds)
         for params in grid_params(space):
             study.enqueue_trial(params)
     return study

@@ -43,6 +43,25 @@ def milestones(max_epochs: int, grace_period: int, reduction_factor: float,
     return out
 
 
+def after_first_drop(max_epochs: int, drops: Sequence[float]) -> list[int]:
+    """One rung, one epoch after the first lr drop (drops as fractions of max_epochs): the first epoch trained
+    wholly at the lower lr, where a step schedule's accuracy starts to rank trials as the full budget will (before
+    it, it ranks on noise). None after later drops: a trial stopped there has used most of its budget, and its
+    point is lost to the front (measured with `dsearch replay`, README). Under the paper's schedule (÷10 at 50 %
+    and 75 %): epoch 7 of 12, 151 of 300."""
+    if not drops:
+        return []
+    rung = math.ceil(min(drops) * max_epochs - 1e-9) + 1
+    return [rung] if 1 <= rung < max_epochs else []
+
+
+def chance_floor(num_classes: int, val_images: int) -> float:
+    """The val_acc at or below which a trial is no better than guessing: chance (1 / classes) plus three
+    binomial standard deviations over the validation images (0.128 for 10 classes on 1,000 images)."""
+    c = 1.0 / num_classes
+    return c + 3.0 * math.sqrt(c * (1.0 - c) / max(val_images, 1))
+
+
 def reach_shares(rungs: Sequence[int], reduction_factor: float) -> list[float]:
     """Expected share of the trials that reach each rung, then the full budget: 1, 1/rf, 1/rf², …"""
     return [reduction_factor ** -k for k in range(len(rungs) + 1)]
@@ -72,6 +91,7 @@ class Rungs:
     reduction_factor: float
     objectives: list[tuple[str, str]]
     tie_break: str = CROWDING
+    floor: float | None = None         # val_acc at or below it is chance level (`chance_floor`); None: no floor
     recorded: dict[int, dict[int, tuple[float, ...]]] = field(default_factory=dict)   # rung → trial → vector
     _states: dict[int, _RungState] = field(default_factory=dict, init=False, repr=False, compare=False)
 
@@ -92,7 +112,13 @@ class Rungs:
             return False                       # a NaN accuracy never ranks (the trial diverged)
         if self.tie_break not in TIE_BREAKS:
             raise ValueError(f"tie_break must be one of {TIE_BREAKS}, got {self.tie_break!r}")
-        return state.ranks_within(trial, self.tie_break, _keep(len(self.recorded[rung]), self.reduction_factor))
+        keep = _keep(len(self.recorded[rung]), self.reduction_factor)
+        junk = state.junk(self.floor)
+        if junk is not None and junk.sum() <= len(junk) - self.reduction_factor:   # ≥ rf trials above chance
+            if junk[state.where[trial]]:
+                return False                   # chance level never goes on past a rung with rf better trials
+            return state.ranks_within(trial, self.tie_break, keep, ~junk)
+        return state.ranks_within(trial, self.tie_break, keep)
 
     def _synced(self, rung: int) -> _RungState:
         """The rung's ranking state, brought in step with `recorded[rung]` (the source of truth): the trials
@@ -176,16 +202,28 @@ class _RungState:
             else:
                 self.fronts.add(row)
 
-    def ranks_within(self, trial: int, tie_break: str, keep: int) -> bool:
-        """Whether the (finite) trial's position in `rank_order` of the points is < keep."""
+    def junk(self, floor: float | None) -> np.ndarray | None:
+        """(points,) bool: the points at or below the chance floor on val_acc (None without a floor or val_acc)."""
+        metrics = [m for m, _ in self.objectives]
+        if floor is None or VAL_ACC not in metrics:
+            return None
+        j = metrics.index(VAL_ACC)
+        column = self.values[:len(self.ids)] if self.single else self.fronts.points[:len(self.ids), j]
+        return column * self.signs[j] <= floor        # back from minimisation form
+
+    def ranks_within(self, trial: int, tie_break: str, keep: int, among: np.ndarray | None = None) -> bool:
+        """Whether the (finite) trial's position in `rank_order` of the points (of those in `among`, when given)
+        is < keep. Points left out of `among` must not dominate any point in it (chance-level ones can't
+        dominate a better one), so the fronts of the points in it are theirs alone."""
         k = self.where[trial]
         # One objective: the "fronts" are the distinct values (minimisation form), ties all in one.
         levels = self.values[:len(self.ids)] if self.single else self.fronts.levels
         level = levels[k]
-        before = int(np.count_nonzero(levels < level))
+        inside = np.ones(len(levels), dtype=bool) if among is None else among
+        before = int(np.count_nonzero((levels < level) & inside))
         if before >= keep:
             return False
-        members = np.flatnonzero(levels == level)
+        members = np.flatnonzero((levels == level) & inside)
         if before + len(members) <= keep:
             return True
         if self.single:        # equal values: by trial number

@@ -209,7 +209,7 @@ def rung_scheduler(engine: Engine) -> Any:
             return TrialScheduler.CONTINUE if goes_on else TrialScheduler.STOP
 
         def debug_string(self) -> str:
-            return f"RungScheduler: {engine.space.budget.milestones}"
+            return f"RungScheduler: {engine.space.milestones}"
 
     return RungScheduler()
 

@@ -13,10 +13,10 @@ from typing import Annotated, Any, Literal
 from pydantic import Field, StrictInt, field_validator, model_validator
 
 from ..errors import did_you_mean
-from ..metrics import DEFAULT_OBJECTIVES, MAXIMIZE, OBJECTIVE_METRICS, VAL_ACC, Objective
+from ..metrics import DEFAULT_OBJECTIVES, MACS, MAXIMIZE, OBJECTIVE_METRICS, PARAMS, VAL_ACC, Objective
 from ..strict import StrictModel
 from ..training.config import DataConfig
-from .rungs import milestones
+from .rungs import after_first_drop, chance_floor, milestones
 
 
 class SpaceObjective(Objective):
@@ -35,14 +35,16 @@ class Budget(StrictModel):
     """Epochs of a full-budget trial, trials in all, and the successive-halving scheduler and its rungs.
 
     scheduler: moasha ranks a rung on every objective (Pareto-aware), asha on val_acc alone; by default
-    moasha when the space has two or more objectives. rungs: the epochs of the rungs; by default
-    grace_period · reduction_factor^k, with no rung where rung × reduction_factor > max_epochs.
+    moasha when the space has two or more objectives. rungs: the epochs of the rungs; by default one rung, one
+    epoch after the first drop of a step lr schedule (SearchSpace.milestones: where accuracy starts to rank
+    trials as the full budget will); with grace_period given (or no step drop in the lr) at grace_period · reduction_factor^k
+    (grace 1 by default), with no rung where rung × reduction_factor > max_epochs.
     tie_break: how moasha orders trials inside one front (crowding distance, or an ε-net order).
     """
 
     max_epochs: int = Field(ge=1)
     num_samples: int = Field(ge=1)
-    grace_period: int = Field(1, ge=1)
+    grace_period: int | None = Field(None, ge=1)       # None: rungs placed after the lr drops
     reduction_factor: int | float = 3
     max_concurrent_trials: int = Field(1, ge=1)
     scheduler: Literal["moasha", "asha"] | None = None
@@ -54,7 +56,7 @@ class Budget(StrictModel):
         if self.reduction_factor < 2:
             raise ValueError(f"reduction_factor: must be ≥ 2 (ASHA keeps 1/reduction_factor "
                              f"of the trials at each rung), got {self.reduction_factor:g}")
-        if self.grace_period > self.max_epochs:
+        if self.grace_period is not None and self.grace_period > self.max_epochs:
             raise ValueError(f"grace_period: {self.grace_period} > max_epochs {self.max_epochs} "
                              "(ASHA's first rung must come no later than the full budget)")
         if self.rungs is not None:
@@ -66,8 +68,14 @@ class Budget(StrictModel):
 
     @property
     def milestones(self) -> list[int]:
-        """The rung epochs (search/rungs.py places them when `rungs` isn't given)."""
-        return milestones(self.max_epochs, self.grace_period, self.reduction_factor, self.rungs)
+        """The rung epochs as listed, or at grace_period · reduction_factor^k (SearchSpace.milestones places
+        the default ones with the lr schedule in mind)."""
+        return milestones(self.max_epochs, self.grace, self.reduction_factor, self.rungs)
+
+    @property
+    def grace(self) -> int:
+        """The first geometric rung: grace_period, 1 when not given."""
+        return self.grace_period or 1
 
 
 class Resources(StrictModel):
@@ -86,11 +94,14 @@ class Resources(StrictModel):
 class SamplerConfig(StrictModel):
     """Optuna sampler that proposes the trials.
 
+    ehvi: expected hypervolume improvement with a GP on the one trained objective and the exact params and
+    MACs (search/ehvi.py); the default for two or more objectives of which one is trained. tpe otherwise.
+
     grid: every combination of the (finite) params, in an order shuffled by `seed`, each `repeats` times in a
     row (each run with its own training seed, the trial number): a learning-curve table for `dsearch replay`.
     """
 
-    type: Literal["tpe", "nsga2", "random", "gp", "grid"] = "tpe"
+    type: Literal["ehvi", "tpe", "nsga2", "random", "gp", "grid"] | None = None   # None: SearchSpace.sampler_type
     seed: int | None = 0
     repeats: int = Field(1, ge=1)
 
@@ -178,6 +189,8 @@ class CategoricalParam(_Param):
 
 
 Param = Annotated[IntParam | FloatParam | CategoricalParam, Field(discriminator="type")]
+KNOWN_BEFORE_TRAINING = (PARAMS, MACS)     # closed-form (net/cost.py): priced before a trial trains
+
 PARAM_TYPES = {"int": IntParam, "float": FloatParam, "categorical": CategoricalParam}
 
 
@@ -217,6 +230,72 @@ class SearchSpace(StrictModel):
     def scheduler(self) -> str:
         """The scheduler this space runs: budget.scheduler, or moasha with two or more objectives."""
         return self.budget.scheduler or ("moasha" if len(self.objectives) >= 2 else "asha")
+
+    @property
+    def trained_objectives(self) -> list[str]:
+        """The objectives only training measures (val_acc, val_loss); params and MACs are closed-form."""
+        return [m for m in self.metrics if m not in KNOWN_BEFORE_TRAINING]
+
+    @property
+    def sampler_type(self) -> str:
+        """sampler.type, or the default: ehvi for two or more objectives with one trained, tpe otherwise."""
+        if self.sampler.type is not None:
+            return self.sampler.type
+        return "ehvi" if len(self.objectives) >= 2 and len(self.trained_objectives) == 1 else "tpe"
+
+    @property
+    def sampler_why(self) -> str:
+        """Why this sampler, in a few words."""
+        if self.sampler.type is not None:
+            return "sampler.type in the space"
+        if self.sampler_type == "ehvi":
+            return ("the default for several objectives: params and MACs are known before training, so only "
+                    f"{self.trained_objectives[0]} is modelled")
+        return "the default: one objective" if len(self.objectives) < 2 else \
+            "the default: more than one objective is only known after training"
+
+    @property
+    def lr_drops(self) -> tuple[float, ...] | None:
+        """Fractions of the budget where every trial's lr drops (one step schedule, not searched); None when
+        the schedule is cosine, constant, or searched."""
+        if {"train.lr_schedule", "train.lr_milestones", "train.lr_gamma"} & set(self.params):
+            return None
+        if self.fixed.get("train.lr_schedule", "step") != "step" or self.fixed.get("train.lr_gamma", 0.1) == 1:
+            return None
+        drops = self.fixed.get("train.lr_milestones")
+        return tuple(self.data.info.milestones if drops is None else drops) or None
+
+    @property
+    def milestones(self) -> list[int]:
+        """The rung epochs: budget.rungs as listed; else one epoch after the first lr drop
+        (`rungs.after_first_drop`), unless budget.grace_period is given or the schedule has no drop: then
+        grace_period · rf^k."""
+        b = self.budget
+        drops = self.lr_drops
+        if b.rungs is not None or b.grace_period is not None or drops is None:
+            return b.milestones
+        return after_first_drop(b.max_epochs, drops)
+
+    @property
+    def rung_placement(self) -> str:
+        """Why the rungs are where they are, in a few words."""
+        b = self.budget
+        if b.rungs is not None:
+            return "as listed in budget.rungs"
+        geometric = f"grace_period {b.grace} · reduction_factor^k"
+        if b.grace_period is not None:
+            return f"{geometric} (budget.grace_period is given)"
+        if self.lr_drops is None:
+            return f"{geometric} (the lr schedule has no fixed step drop)"
+        return (f"one epoch after the first lr drop (at {min(self.lr_drops):.0%} of {b.max_epochs} epochs), where "
+                "val_acc starts to rank trials as the full budget will")
+
+    @property
+    def chance_floor(self) -> float:
+        """The val_acc of guessing, plus three binomial standard deviations over the validation images."""
+        d, info = self.data, self.data.info
+        images = d.val_subset or d.val_size or info.val_size
+        return chance_floor(info.num_classes, images)
 
     @property
     def rung_objectives(self) -> list[tuple[str, str]]:

@@ -59,8 +59,10 @@ def run_study(space: "SearchSpace", study_dir: Path, storage: str | None, ray_ad
                     tmp.replace(study_dir / SPACE_FILE)
                 requeued = st.fail_interrupted(study)
                 b = space.budget
-                say(f"{space.scheduler} on {', '.join(m for m, _ in space.rung_objectives)}: "
-                    + describe_rungs(b.milestones, b.max_epochs, b.reduction_factor))
+                say(f"sampler {space.sampler_type} ({space.sampler_why}); {space.scheduler} on "
+                    f"{', '.join(m for m, _ in space.rung_objectives)}, "
+                    + describe_rungs(space.milestones, b.max_epochs, b.reduction_factor)
+                    + f": {space.rung_placement}")
                 if requeued:
                     say(f"resuming: trials {requeued} were interrupted; they are queued again, to continue "
                         "from their last checkpoints")
