@@ -380,3 +380,20 @@ def test_spaces_are_yaml_1_2_so_off_and_yes_are_strings():
     assert space.fixed["train.amp"] == "off"
     assert resolve(space, {"model.depth": 10, "model.growth_rate": 6, "model.compression": 0.5,
                            "train.lr": 0.1}).train.amp == "off"
+
+
+def test_a_study_may_change_its_sampler_but_not_its_rungs():
+    """A study started under TPE (dsearch ≤ 0.1's default) continues under the default sampler, EHVI; the rungs
+    decide what is recorded, so grace_period (and with it where the rungs are) may not change."""
+    from dsearch.errors import UserError
+    from dsearch.search.io import refuse_different_space
+
+    text = (SPACES / "quickstart.yaml").read_text()
+    old = parse_space(text.replace("sampler: {seed: 0}", "sampler: {type: tpe, seed: 0}"))
+    new = parse_space(text)
+    assert (old.sampler_type, new.sampler_type) == ("tpe", "ehvi")
+    refuse_different_space(old, new, "studies/quickstart", "")
+    graced = parse_space(text.replace("reduction_factor: 2,", "grace_period: 1, reduction_factor: 2,"))
+    assert graced.milestones == [1, 2] and new.milestones == [2]
+    with pytest.raises(UserError, match=r"budget.grace_period: None → 1"):
+        refuse_different_space(new, graced, "studies/quickstart", "")

@@ -23,8 +23,9 @@ from .schema import (PARAM_TYPES, Budget, Constraints, Resources, SamplerConfig,
 
 SPACE_FILE = "space.yaml"   # the resolved copy of the space, beside the study
 
-# Keys that may change between runs of one study: where and how wide it runs, and how many trials.
-MAY_CHANGE = ("resources.", "budget.max_concurrent_trials", "budget.num_samples")
+# Keys that may change between runs of one study: where and how wide it runs, how many trials, and which sampler
+# proposes the next ones (a study started with `type: tpe` continues under the default, EHVI, and back).
+MAY_CHANGE = ("resources.", "budget.max_concurrent_trials", "budget.num_samples", "sampler.type")
 
 
 class SpaceError(UserError, ValueError):

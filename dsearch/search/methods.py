@@ -5,7 +5,7 @@ it with every other method and the anchors. dsearch's own methods use its TPE (m
 liar) and its rungs; the anchors are what users get when they wire the libraries by hand, each driven
 through the library's own classes:
 
-- `optuna-tpe`, `optuna-nsga2`: multi-objective Optuna with its default sampler settings and no pruning
+- `optuna-tpe`, `optuna-nsga2`, `optuna-gp`: multi-objective Optuna with its default sampler settings and no pruning
   (Optuna can't prune a multi-objective study), every trial to the full budget;
 - `ray-asha-optunasearch`: Ray Tune's ASHAScheduler on val_acc with Ray's OptunaSearch (single-objective
   TPE on val_acc, told each trial's last report); the user's front is each trial's last report, partial-
@@ -183,6 +183,12 @@ def optuna_nsga2(space: "SearchSpace", seed: int | None) -> "optuna.samplers.Bas
     return optuna.samplers.NSGAIISampler(seed=seed)
 
 
+def optuna_gp(space: "SearchSpace", seed: int | None) -> "optuna.samplers.BaseSampler":
+    import optuna
+
+    return optuna.samplers.GPSampler(seed=seed)
+
+
 def _syne_moasha(space: "SearchSpace") -> RungRule:
     from .syne import SyneMOASHA
 
@@ -220,6 +226,8 @@ METHODS: dict[str, Method] = {m.name: m for m in (
     Method("random-asha", "random search + rungs on val_acc", random_sampler, asha),
     Method("optuna-tpe", "Optuna's multi-objective TPE (defaults), no pruning", optuna_tpe, no_rungs),
     Method("optuna-nsga2", "Optuna's NSGA-II (defaults), no pruning", optuna_nsga2, no_rungs),
+    Method("optuna-gp", "Optuna's GPSampler (defaults: a GP per objective, log EHVI), no pruning", optuna_gp,
+           no_rungs),
     Method("ray-asha-optunasearch", "Ray Tune's ASHAScheduler + OptunaSearch on val_acc, by hand",
            random_sampler, RayASHA, OptunaSearchProposer, LAST),
     Method("syne-moasha", "Syne Tune's MOASHA (0.16) + random search, by hand (pip install 'dsearch[bench]')",
