@@ -84,7 +84,7 @@ def replay_command(study_dir: Path | None, storage: str | None, study_name: str 
     space = replay_space(table_space, space_path, num_samples)
     default = default_method(space)
     names = [m.strip() for m in methods.split(",") if m.strip()] if methods else [default] + [
-        m for m in available() if m not in (default, "space")]
+        m for m in available() if m not in (default, "space") and METHODS[m].by_default]
     unknown = unknown_methods(names)
     if unknown:
         raise UserError(f"--methods: unknown method {unknown[0]!r}; methods: {', '.join(METHODS)}")
@@ -194,8 +194,8 @@ def replay(
     study: Optional[str] = typer.Option(None, "--study", help=STUDY_HELP),
     space: Optional[Path] = typer.Option(None, "--space", help="replay this space's budget, objectives and sampler "
                                          "seed on the table (default: the table's own space)"),
-    methods: Optional[str] = typer.Option(None, "--methods", help="comma-separated (default: the default and every "
-                                          "anchor); see `dsearch replay --list`"),
+    methods: Optional[str] = typer.Option(None, "--methods", help="comma-separated (default: every method but "
+                                          "the slow optuna-gp); see `dsearch replay --list`"),
     seeds: int = typer.Option(20, "--seeds", help="replays per method (seed s: the sampler seed + s)"),
     workers: Optional[int] = typer.Option(None, "--workers", help="simulated workers (default: the space's "
                                           "budget.max_concurrent_trials)"),

@@ -42,6 +42,7 @@ class Method:
     rule: Callable[["SearchSpace"], RungRule]
     proposer: Callable[["SearchSpace", int | None], Proposer] | None = None
     front: str = FULL
+    by_default: bool = True      # in `dsearch replay`'s default set (False: slow, asked for by name)
 
     def make_proposer(self, space: "SearchSpace", seed: int | None) -> Proposer:
         return self.proposer(space, seed) if self.proposer is not None else StudySampler()
@@ -226,8 +227,8 @@ METHODS: dict[str, Method] = {m.name: m for m in (
     Method("random-asha", "random search + rungs on val_acc", random_sampler, asha),
     Method("optuna-tpe", "Optuna's multi-objective TPE (defaults), no pruning", optuna_tpe, no_rungs),
     Method("optuna-nsga2", "Optuna's NSGA-II (defaults), no pruning", optuna_nsga2, no_rungs),
-    Method("optuna-gp", "Optuna's GPSampler (defaults: a GP per objective, log EHVI), no pruning", optuna_gp,
-           no_rungs),
+    Method("optuna-gp", "Optuna's GPSampler (defaults: a GP per objective, log EHVI), no pruning; about 1 s of "
+           "driver time per trial, so only by name", optuna_gp, no_rungs, by_default=False),
     Method("ray-asha-optunasearch", "Ray Tune's ASHAScheduler + OptunaSearch on val_acc, by hand",
            random_sampler, RayASHA, OptunaSearchProposer, LAST),
     Method("syne-moasha", "Syne Tune's MOASHA (0.16) + random search, by hand (pip install 'dsearch[bench]')",
