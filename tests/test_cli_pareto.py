@@ -426,7 +426,8 @@ def test_rung_lines_in_dsearch_pareto(tmp_path, capsys):
     code, out = run_pareto(capsys, tmp_path / "s")
     assert code == 0
     assert "\nrung at epoch 1: Spearman -0.72 between val_acc there and at epoch 4 (6 full-budget trials) — weakly " \
-           "informative: a larger grace_period (or budget.rungs) would rank on less noise\n" in out
+           "informative: a rung after the first lr drop (leave out grace_period, or set budget.rungs) would rank on " \
+           "less noise\n" in out
     assert "\nrung at epoch 2: Spearman 0.89 between val_acc there and at epoch 4 (6 full-budget trials)\n" in out
     assert 'id="rungs"' in (tmp_path / "s" / "pareto.html").read_text()
 
@@ -463,7 +464,8 @@ def test_rung_lines_wording():
     assert rung_lines([rung(10, 8, 0.8123), rung(30, 8, 0.31), rung(10, 1, None), rung(30, 6, None)]) == [
         "rung at epoch 10: Spearman 0.81 between val_acc there and at epoch 90 (8 full-budget trials)",
         "rung at epoch 30: Spearman 0.31 between val_acc there and at epoch 90 (8 full-budget trials) — weakly "
-        "informative: a larger grace_period (or budget.rungs) would rank on less noise",
+        "informative: a rung after the first lr drop (leave out grace_period, or set budget.rungs) would rank on "
+        "less noise",
         "rung at epoch 10: n/a (1 full-budget trial; needs 5)",
         "rung at epoch 30: n/a (all 6 full-budget trials have the same val_acc there or at epoch 90)",
     ]
@@ -544,10 +546,11 @@ def test_no_complete_trial_suggests_include_partial(tmp_path, capsys):
     assert snapshot(tmp_path / "s") == before
     assert main(["pareto", str(tmp_path / "s"), "--include-partial"]) == 0
     out = capsys.readouterr().out
-    # One usable trial (PRUNED 4) spans no box; no COMPLETE trial reaches epoch 10, so no rung is measured.
+    # One usable trial (PRUNED 4) spans no box; no COMPLETE trial reaches epoch 10, so no rung is measured. The
+    # space leaves grace_period out: its rung is one epoch after cifar10's first lr drop, at 50% of 10 epochs.
     assert "\nhypervolume: n/a as a share of the box between the study's best and worst values " \
            "(1 usable trial; needs 2)\n" in out
-    assert "rung at epoch 1: n/a (0 full-budget trials; needs 5)" in out
+    assert "rung at epoch 6: n/a (0 full-budget trials; needs 5)" in out
 
 
 def test_errors_have_no_traceback_in_a_real_process(tmp_path):

@@ -73,6 +73,7 @@ SPACE = """
 name: s
 data: {name: synthetic, synthetic_size: 400, synthetic_image_size: 8}
 budget: {max_epochs: 2, num_samples: 3}
+sampler: {type: tpe}
 constraints: {max_params: MAXP}
 fixed: {model.variant: densenet-bc}
 params:
@@ -81,12 +82,12 @@ params:
 """
 
 
-def _searcher(tmp_path, max_params):
+def _searcher(tmp_path, max_params, sampler="tpe"):
     from dsearch.search.engine import Engine
     from dsearch.search.io import parse_space
     from dsearch.search.searcher import StudySearcher
 
-    space = parse_space(SPACE.replace("MAXP", str(max_params)))
+    space = parse_space(SPACE.replace("MAXP", str(max_params)).replace("type: tpe", f"type: {sampler}"))
     (tmp_path / "s").mkdir()
     return space, StudySearcher(Engine(space, st.create_or_load(space, tmp_path / "s"), tmp_path / "s", 1))
 
@@ -98,11 +99,21 @@ def test_samples_rejected_before_training_do_not_use_up_num_samples(tmp_path):
     rejected = [t for t in searcher.engine.study.trials if t.state == TrialState.FAIL]
     assert rejected and all(t.user_attrs["fail_reason"] == "over_budget" for t in rejected)
     assert st.counted_trials(searcher.engine.study) == 3 and st.rejected_trials(searcher.engine.study)["over_budget"] == len(rejected)
+
+
+def test_ehvi_proposes_only_configurations_within_the_constraints(tmp_path):
+    """The same space under EHVI: every candidate is priced before it is proposed, so nothing is rejected."""
+    space, searcher = _searcher(tmp_path, 6000, "ehvi")
+    proposals = [searcher.suggest(str(i)) for i in range(3)]
+    assert all(isinstance(p, dict) and p["params"] <= 6000 for p in proposals)
+    assert [t.state for t in searcher.engine.study.trials] == [TrialState.RUNNING] * 3
     assert searcher.suggest("3") == "FINISHED"                   # num_samples trained, the rest still free
 
 
-def test_a_space_almost_all_over_the_constraints_stops_after_ten_times_num_samples_rejections(tmp_path):
-    space, searcher = _searcher(tmp_path, 100)                   # no DenseNet-BC here has ≤ 100 parameters
+@pytest.mark.parametrize("sampler", ["tpe", "ehvi"])
+def test_a_space_almost_all_over_the_constraints_stops_after_ten_times_num_samples_rejections(tmp_path, sampler):
+    # EHVI prices its candidates first; with none feasible it hands the engine plain draws, rejected as TPE's are.
+    space, searcher = _searcher(tmp_path, 100, sampler)           # no DenseNet-BC here has ≤ 100 parameters
     assert searcher.suggest("0") == "FINISHED"
     assert len(searcher.engine.study.trials) == 30 and st.counted_trials(searcher.engine.study) == 0
     assert searcher.engine.infeasible == ("30 of the 30 configurations sampled (100%) were rejected before training "

@@ -338,7 +338,7 @@ def rung_lines(rungs: Sequence[RungCorrelation]) -> list[str]:
             line = (f"{head} Spearman {rung.spearman:.2f} between val_acc there and at epoch {rung.final_epoch} "
                     f"({count})")
             if rung.spearman < WEAK_RUNG:
-                line += " — weakly informative: a larger grace_period (or budget.rungs) would rank on less noise"
+                line += " — weakly informative: a rung after the first lr drop (leave out grace_period, or set budget.rungs) would rank on less noise"
             lines.append(line)
     return lines
 
