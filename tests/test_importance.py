@@ -267,3 +267,19 @@ def test_what_the_study_says_names_the_top_three_per_objective():
     assert lines[2] == "  what matters for val_acc: " + ", ".join(f"{k} {v:.2f}" for k, v in val_acc.shares[:3])
     assert lines[3] == "  what matters for params: " + ", ".join(f"{k} {v:.2f}" for k, v in params.shares[:3])
     assert lines[4] == "  macs: constant over the COMPLETE trials"
+
+
+def test_trials_a_sampler_queued_are_not_seed_trials():
+    """EHVI and a grid queue their picks with enqueue_trial, as seed trials are queued; their `proposed_by`
+    keeps them out of the seed comparison (a quickstart under EHVI once listed every pick as a seed)."""
+    from dsearch.search.record import PROPOSED_BY
+
+    study = new_study()
+    add_seed(study)
+    for who in ("ehvi", "grid"):
+        study.enqueue_trial({**SEED, "model.growth_rate": 24}, user_attrs={PROPOSED_BY: who})
+        trial = study.ask(DISTRIBUTIONS)
+        for key, value in FULL.items():
+            trial.set_user_attr(key, value)
+        study.tell(trial, [0.94, 400_000, MACS])
+    assert [c.seed.number for c in compare_seeds(study)] == [0]

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from ..metrics import PARAMS, VAL_ACC
-from ..search.record import CURVE, EPOCHS_TRAINED, FAIL_REASON, MAX_EPOCHS, REQUEUED_FROM, lineages
+from ..search.record import CURVE, EPOCHS_TRAINED, FAIL_REASON, MAX_EPOCHS, PROPOSED_BY, REQUEUED_FROM, lineages
 from .importance import StudyImportance, top_shares, full_budget_trials, is_full_budget, metric_names, na_line
 
 if TYPE_CHECKING:
@@ -83,10 +83,11 @@ def summarize_trial(trial: "FrozenTrial", names: Sequence[str]) -> TrialSummary:
 # --- the seed recipe against the best trial of similar size ----------------------------------------
 
 def seed_trials(study: "optuna.Study") -> list["FrozenTrial"]:
-    """The latest trial of each seed line: a seed is a trial enqueued with fixed params that isn't a requeue
-    of an interrupted trial (study.create_or_load enqueues only the space's seed_trials)."""
+    """The latest trial of each seed line: a seed is a trial enqueued with fixed params that is neither a requeue
+    of an interrupted trial nor a sampler's own proposal (`proposed_by`: a grid point, an EHVI pick)."""
     trials = study.get_trials(deepcopy=False)
-    roots = [t.number for t in trials if ENQUEUED in t.system_attrs and t.user_attrs.get(REQUEUED_FROM) is None]
+    roots = [t.number for t in trials if ENQUEUED in t.system_attrs and t.user_attrs.get(REQUEUED_FROM) is None
+             and PROPOSED_BY not in t.user_attrs]
     root = lineages(trials)
     by_number = {t.number: t for t in trials}
     return [by_number[max(n for n, r in root.items() if r == seed)] for seed in roots]

@@ -318,7 +318,7 @@ class CostAwareProposer:
 
         trials = study.get_trials(deepcopy=False)
         if not any(t.state == TrialState.WAITING for t in trials):
-            study.enqueue_trial(self.choose(trials))
+            study.enqueue_trial(self.choose(trials), user_attrs={st.PROPOSED_BY: "ehvi"})
         return study.ask()
 
     def told(self, number: int, state: str, metrics: dict[str, float]) -> None:

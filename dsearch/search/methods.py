@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any, Callable
 from ..metrics import EPOCH, MAXIMIZE, VAL_ACC
 from ..ranking import CROWDING, EPSILON
 from .engine import Proposer, RungRule, StudySampler, space_proposer, space_rungs
+from . import record as st
 from .record import make_sampler
 from .rungs import Rungs
 
@@ -147,7 +148,7 @@ class OptunaSearchProposer:
     def ask(self, study: "optuna.Study") -> "optuna.Trial":
         trial_id = f"t{len(self.ids)}"
         config = self.search.suggest(trial_id)
-        study.enqueue_trial(config)
+        study.enqueue_trial(config, user_attrs={st.PROPOSED_BY: "ray-optunasearch"})
         trial = study.ask()
         self.ids[trial.number] = trial_id
         return trial

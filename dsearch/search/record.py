@@ -36,6 +36,7 @@ ERROR = "error"
 ERROR_KIND = "error_kind"          # of a FAIL(error): diverged, out_of_memory, exception, worker_died
 TRACEBACK = "traceback"            # of a FAIL(error): the file holding its full traceback
 REQUEUED_FROM = "requeued_from"
+PROPOSED_BY = "proposed_by"      # a trial a sampler queued with its params (grid, ehvi, ...): not a seed trial
 FAIL_REASONS = ("invalid", "over_budget", "not_in_table", "error", "interrupted")
 
 
@@ -113,7 +114,7 @@ def new_study(space: "SearchSpace", storage: Any, sampler: "optuna.samplers.Base
         study.enqueue_trial(params, skip_if_exists=True)
     if space.sampler_type == "grid":      # repeats of a point are separate runs (their own training seeds)
         for params in grid_params(space):
-            study.enqueue_trial(params)
+            study.enqueue_trial(params, user_attrs={PROPOSED_BY: "grid"})
     return study
 
 
