@@ -207,6 +207,20 @@ def test_supports_one_trained_objective_with_any_costs():
         CostAwareProposer(space(objectives=both, scheduler=asha), seed=0)
 
 
+def test_a_space_ehvi_cannot_search_defaults_to_tpe_and_naming_ehvi_is_refused_before_any_trial():
+    """One definition (SearchSpace.ehvi_refusal) serves the proposer, the default sampler and the space's rules:
+    maximised params get TPE by default, and `type: ehvi` is a one-line space error, not a failure at the run."""
+    from dsearch.errors import UserError
+
+    maxp = "objectives: [{metric: val_acc, direction: maximize}, {metric: params, direction: maximize}]"
+    s = space(objectives=maxp)
+    assert supports(s) == "params is maximised (costs are minimised)"
+    assert s.model_copy(update={"sampler": s.sampler.model_copy(update={"type": None})}).sampler_type == "tpe"
+    text = SPACE.replace("OBJECTIVES", maxp).replace("SCHEDULER", "").replace("DEPTH", "22").replace("GROWTH", "8")
+    with pytest.raises(UserError, match=r"sampler.type: ehvi .* this space has params is maximised"):
+        parse_space(text.replace("type: random", "type: ehvi"), "ehvi.yaml")
+
+
 def test_pruned_trials_count_with_the_typical_gain_to_come_and_errors_at_the_worst_value():
     s = space()
     study = study_of(s)

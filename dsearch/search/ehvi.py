@@ -23,11 +23,12 @@ from scipy.optimize import minimize
 from scipy.special import ndtr
 
 from ..errors import UserError
-from ..metrics import MACS, MAXIMIZE, PARAMS, VAL_ACC, VAL_LOSS
+from ..metrics import MAXIMIZE, VAL_ACC
 from ..ranking import dominance
 from . import record as st
 from .sampling import (check_constraints, decode_params, encode_params, grid_params, grid_size, grid_values,
                        input_size, resolve, same_value, suggest)
+from .schema import KNOWN_BEFORE_TRAINING
 from .table import config_key
 
 if TYPE_CHECKING:
@@ -38,18 +39,14 @@ if TYPE_CHECKING:
 
 GRID_CANDIDATES = 4096     # a finite space this small offers all its points as candidates
 MARGIN = 0.1               # the reference point lies this share of each range beyond the worst value
-TRAINED = (VAL_ACC, VAL_LOSS)
-COSTS = (PARAMS, MACS)
+COSTS = KNOWN_BEFORE_TRAINING      # params, MACs: the columns priced exactly
 SQRT5 = math.sqrt(5.0)
 
 
 def supports(space: "SearchSpace") -> str | None:
-    """None if the proposer can search this space; else why not, in one line."""
-    trained = [o.metric for o in space.objectives if o.metric in TRAINED]
-    if len(trained) != 1:
-        return "two trained objectives" if trained else "no trained objective (val_acc or val_loss)"
-    maximised = [o.metric for o in space.objectives if o.metric in COSTS and o.direction == MAXIMIZE]
-    return f"{maximised[0]} is maximised (costs are minimised)" if maximised else None
+    """None if the proposer can search this space; else why not, in one line (`SearchSpace.ehvi_refusal`, which
+    the default sampler and the space's rules read too)."""
+    return space.ehvi_refusal
 
 
 # --- the acquisition ------------------------------------------------------------------------------------
@@ -299,7 +296,7 @@ class CostAwareProposer:
             raise UserError(f"objectives: the cost-aware EHVI proposer can't search space {space.name!r}: {reason}")
         self.space, self.n_candidates = space, n_candidates
         self.rng = np.random.default_rng(seed)
-        self.index = next(i for i, o in enumerate(space.objectives) if o.metric in TRAINED)
+        self.index = space.metrics.index(space.trained_objectives[0])
         self.sign = 1.0 if space.objectives[self.index].direction == MAXIMIZE else -1.0
         self.costs = [COSTS.index(o.metric) for o in space.objectives if o.metric in COSTS]
         self.width = len(param_features(space, {})) + len(COSTS)

@@ -57,10 +57,9 @@ def check_space(space: "SearchSpace") -> None:
     _check_conditions(space)
     if space.sampler.type == "grid":
         _check_grid(space)
-    if space.sampler.type == "ehvi" and len(space.trained_objectives) != 1:
-        raise ValueError(f"sampler.type: ehvi models one trained objective and prices params and MACs; this space "
-                         f"has {len(space.trained_objectives)} ({', '.join(space.trained_objectives) or 'none'}): "
-                         "use tpe")
+    if space.sampler.type == "ehvi" and space.ehvi_refusal:
+        raise ValueError(f"sampler.type: ehvi models one trained objective and prices params and MACs to minimise; "
+                         f"this space has {space.ehvi_refusal}: use tpe")
     _check_feasible(space)
     for i, seed in enumerate(space.seed_trials):
         _check_seed(space, i, seed)

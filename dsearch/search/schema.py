@@ -237,11 +237,21 @@ class SearchSpace(StrictModel):
         return [m for m in self.metrics if m not in KNOWN_BEFORE_TRAINING]
 
     @property
+    def ehvi_refusal(self) -> str | None:
+        """Why the EHVI proposer (search/ehvi.py) can't search this space, None if it can: it models exactly one
+        trained objective and takes params and MACs as costs to minimise."""
+        trained = self.trained_objectives
+        if len(trained) != 1:
+            return "two trained objectives" if trained else "no trained objective (val_acc or val_loss)"
+        maximised = [o.metric for o in self.objectives if o.metric in KNOWN_BEFORE_TRAINING and o.direction == MAXIMIZE]
+        return f"{maximised[0]} is maximised (costs are minimised)" if maximised else None
+
+    @property
     def sampler_type(self) -> str:
-        """sampler.type, or the default: ehvi for two or more objectives with one trained, tpe otherwise."""
+        """sampler.type, or the default: ehvi for two or more objectives that it can search, tpe otherwise."""
         if self.sampler.type is not None:
             return self.sampler.type
-        return "ehvi" if len(self.objectives) >= 2 and len(self.trained_objectives) == 1 else "tpe"
+        return "ehvi" if len(self.objectives) >= 2 and self.ehvi_refusal is None else "tpe"
 
     @property
     def sampler_why(self) -> str:
