@@ -51,10 +51,15 @@ class Method:
 
 # --- rung rules -------------------------------------------------------------------------------------------
 
+def pareto_rungs(space: "SearchSpace", at: list[int], tie_break: str, floor: float | None) -> Rungs:
+    """Pareto-aware rungs on every objective at these epochs (with the chance floor, or none)."""
+    return Rungs(at, space.budget.reduction_factor, [(o.metric, o.direction) for o in space.objectives], tie_break,
+                 floor)
+
+
 def moasha(space: "SearchSpace", tie_break: str = CROWDING) -> Rungs:
     """The Pareto-aware rungs of dsearch ≤ 0.1 on every objective: at grace · rf^k, no chance floor."""
-    b = space.budget
-    return Rungs(b.milestones, b.reduction_factor, [(o.metric, o.direction) for o in space.objectives], tie_break)
+    return pareto_rungs(space, space.budget.milestones, tie_break, None)
 
 
 def asha(space: "SearchSpace") -> Rungs:
@@ -65,17 +70,13 @@ def asha(space: "SearchSpace") -> Rungs:
 
 def floor_rungs(space: "SearchSpace") -> Rungs:
     """Pareto-aware rungs at grace · rf^k with the chance floor: the rule alone, without the placement."""
-    b = space.budget
-    return Rungs(b.milestones, b.reduction_factor, [(o.metric, o.direction) for o in space.objectives],
-                 b.tie_break, space.chance_floor)
+    return pareto_rungs(space, space.budget.milestones, space.budget.tie_break, space.chance_floor)
 
 
 def signal_rungs(space: "SearchSpace") -> Rungs:
     """dsearch's rungs: one epoch after the first lr drop (`SearchSpace.milestones`), Pareto-aware, with the
     chance floor."""
-    b = space.budget
-    return Rungs(space.milestones, b.reduction_factor, [(o.metric, o.direction) for o in space.objectives],
-                 b.tie_break, space.chance_floor)
+    return pareto_rungs(space, space.milestones, space.budget.tie_break, space.chance_floor)
 
 
 def no_rungs(space: "SearchSpace") -> Rungs:
