@@ -254,8 +254,8 @@ def test_a_killed_ray_worker_fails_its_trial_and_the_search_goes_on(tmp_path):
     assert st.counted_trials(study) == 2 and any(t.state == TrialState.COMPLETE for t in study.trials)
 
 
-@pytest.mark.parametrize("sig, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
-def test_an_interrupted_run_requeues_its_trial_which_resumes_bitwise_from_its_checkpoint(tmp_path, sig, code):
+def test_an_interrupted_run_requeues_its_trial_which_resumes_bitwise_from_its_checkpoint(tmp_path):
+    sig, code = signal.SIGINT, 130
     from dsearch.training.checkpoint import load_checkpoint
     from dsearch.training.config import RunConfig
     from dsearch.training.data import load_data
@@ -285,8 +285,6 @@ def test_an_interrupted_run_requeues_its_trial_which_resumes_bitwise_from_its_ch
     first = study.trials[0]
     assert first.state == TrialState.FAIL and first.user_attrs["fail_reason"] == "interrupted"
     assert study.trials[1].state == TrialState.WAITING and study.trials[1].user_attrs["requeued_from"] == 0
-    if sig == signal.SIGTERM:
-        return      # the same path as SIGINT from here on
 
     again = dsearch("run", space, "--study-dir", study_dir, "--storage", url, "--quiet")
     assert again.returncode == 0, again.stderr
@@ -307,6 +305,35 @@ def test_an_interrupted_run_requeues_its_trial_which_resumes_bitwise_from_its_ch
     reference = straight.model.state_dict()
     assert done["model"].keys() == reference.keys()
     assert all(torch.equal(done["model"][k], reference[k]) for k in reference)
+
+
+def test_sigterm_stops_a_run_as_a_first_ctrl_c_does_and_exits_143(tmp_path, monkeypatch, capsys):
+    """SIGTERM (`kill`, a batch scheduler) takes the first Ctrl-C's path, which the real search above goes
+    through; here in this process, the search faked (one trial in progress), since only the signal differs."""
+    from dsearch.cli import main
+    from dsearch.search import runner
+
+    def search_until_a_signal(space, study, study_dir, data, view, stop, trials):
+        study.ask()                                     # trial 0, in progress
+        os.kill(os.getpid(), signal.SIGTERM)
+        assert _wait_for(stop, 10), "SIGTERM did not ask the run to stop"
+        os.kill(os.getpid(), signal.SIGTERM)            # a second SIGTERM is no second Ctrl-C: the run goes on
+        time.sleep(0.2)
+
+    monkeypatch.setattr(runner, "start_ray", lambda *a, **k: None)
+    monkeypatch.setattr(runner, "check_resources", lambda *a, **k: None)
+    monkeypatch.setattr(runner, "run_search", search_until_a_signal)
+    before = signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)
+    space, study_dir = write_space(tmp_path, num=2), tmp_path / "s"
+    assert main(["run", str(space), "--study-dir", str(study_dir), "--quiet"]) == 143
+    assert (signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)) == before
+    assert capsys.readouterr().err == (
+        "dsearch: interrupted by SIGTERM: stopped; 1 running trial [0] marked FAIL (interrupted) and queued again; "
+        f"continue with: dsearch run {space} --study-dir {study_dir}\n")
+    study = optuna.load_study(study_name="tiny", storage=f"sqlite:///{study_dir}/study.db")
+    first, requeued = study.trials
+    assert first.state == TrialState.FAIL and first.user_attrs["fail_reason"] == "interrupted"
+    assert requeued.state == TrialState.WAITING and requeued.user_attrs["requeued_from"] == 0
 
 
 def test_two_drivers_started_together_exactly_one_runs_ten_times_over(tmp_path):

@@ -77,7 +77,7 @@ class LiveView:
         lanes = max(1, len(running))
         # Upper bound: every trial still owed trains to the full budget.
         seconds = (left * self.max_epochs - sum(r[EPOCH] for r in running)) * per_epoch / lanes
-        return time.strftime("%H:%M:%S", time.gmtime(max(0, seconds)))
+        return format_eta(seconds)
 
     def _table(self):
         from rich.table import Table
@@ -91,3 +91,11 @@ class LiveView:
             table.add_row(str(row["trial"]), row["state"], f"{row[EPOCH]}/{self.max_epochs}", acc,
                           f"{row[PARAMS] or 0:,}", f"{row[MACS] or 0:,}")
         return table
+
+
+def format_eta(seconds: float) -> str:
+    """H:MM:SS, with whole days in front past 24 h ("2d 03:00:00"): a week-long search's ETA doesn't wrap."""
+    whole = int(max(0.0, seconds) + 0.5)
+    days, rest = divmod(whole, 86400)
+    clock = f"{rest // 3600:02d}:{rest % 3600 // 60:02d}:{rest % 60:02d}"
+    return f"{days}d {clock}" if days else clock
