@@ -44,8 +44,13 @@ def trials_by_state(study):
     return out
 
 
+# depth 13 doesn't fit DenseNet-BC (L - 4 must be a multiple of 6): invalid combinations get sampled too.
+TINY_STEP_3 = TINY.replace("model.depth: {type: int, low: 10, high: 16, step: 6}",
+                           "model.depth: {type: int, low: 10, high: 16, step: 3}")
+
+
 def test_tiny_search_records_complete_pruned_and_rejected_trials(tmp_path):
-    space = write_space(tmp_path)
+    space = write_space(tmp_path, text=TINY_STEP_3)
     proc = dsearch("run", space, "--study-dir", tmp_path / "study", "--quiet")
     assert proc.returncode == 0, proc.stderr
     study = optuna.load_study(study_name="tiny", storage=f"sqlite:///{tmp_path}/study/study.db")
@@ -68,9 +73,17 @@ def test_tiny_search_records_complete_pruned_and_rejected_trials(tmp_path):
     for t in pruned:
         assert t.values is None and 1 <= t.user_attrs["epochs_trained"] < 3
         assert len(t.user_attrs["curve"]) == t.user_attrs["epochs_trained"]
-    for t in states.get(TrialState.FAIL, []):
-        assert t.user_attrs["fail_reason"] == "over_budget" and "max_params" in t.user_attrs["error"]
-        assert "curve" not in t.user_attrs        # never trained
+    # Rejected before training, never counted: over the constraint, or a combination that isn't a DenseNet.
+    failed = {reason: [t for t in states.get(TrialState.FAIL, []) if t.user_attrs["fail_reason"] == reason]
+              for reason in ("over_budget", "invalid")}
+    assert failed["over_budget"] and failed["invalid"], "seed 3 samples both"
+    assert sum(map(len, failed.values())) == len(states.get(TrialState.FAIL, []))
+    for t in failed["over_budget"]:
+        assert "max_params" in t.user_attrs["error"] and "curve" not in t.user_attrs        # never trained
+    for t in failed["invalid"]:
+        assert t.params["model.depth"] == 13 and "L=13 doesn't fit" in t.user_attrs["error"]
+        assert "curve" not in t.user_attrs and "config" not in t.user_attrs
+    assert all(t.params["model.depth"] != 13 for t in study.trials if "curve" in t.user_attrs)
     # optuna-dashboard's own loader reads the study
     from optuna_dashboard._storage import get_studies
     storage = optuna.storages.RDBStorage(f"sqlite:///{tmp_path}/study/study.db")
@@ -83,22 +96,6 @@ def test_tiny_search_records_complete_pruned_and_rejected_trials(tmp_path):
     refused = dsearch("run", changed, "--study-dir", tmp_path / "study")
     assert refused.returncode == 2
     assert "budget.max_epochs: 3 → 4" in refused.stderr and refused.stderr.count("\n") == 1
-
-
-def test_invalid_sampled_combinations_are_recorded_and_never_trained(tmp_path):
-    text = TINY.replace("model.depth: {type: int, low: 10, high: 16, step: 6}",
-                        "model.depth: {type: int, low: 10, high: 16, step: 3}")   # 13 doesn't fit BC
-    text = text.replace("constraints: {max_params: 12000}", "")
-    proc = dsearch("run", write_space(tmp_path, num=8, conc=2, text=text), "--study-dir", tmp_path / "s", "--quiet")
-    assert proc.returncode == 0, proc.stderr
-    study = optuna.load_study(study_name="tiny", storage=f"sqlite:///{tmp_path}/s/study.db")
-    invalid = [t for t in study.trials if t.user_attrs.get("fail_reason") == "invalid"]
-    assert invalid, "seed 3 samples depth 13 at least once"
-    for t in invalid:
-        assert t.params["model.depth"] == 13 and "L=13 doesn't fit" in t.user_attrs["error"]
-        assert "curve" not in t.user_attrs and "config" not in t.user_attrs
-    trained = [t for t in study.trials if "curve" in t.user_attrs]
-    assert all(t.params["model.depth"] != 13 for t in trained)
 
 
 def _wait_for(predicate, timeout):
