@@ -44,3 +44,16 @@ class RunFailed(Exception):
     """
 
     summary: dict | None = None        # the study's summary (search/session.py sets it)
+
+
+class LeaseLost(Exception):
+    """A run that lost its study's lease to another driver (or could not renew it for the lease's timeout): it
+    stopped without touching the study's trials, which the other driver now runs; the CLI exits 3."""
+
+    exit_code = 3
+
+
+class DatabaseUnreachable(Exception):
+    """The study's database did not answer for the whole retry window (or the run stopped waiting for it): the
+    run stopped, and its unfinished trials stay RUNNING, queued again by the next run. Neither bad input nor a
+    bug: the CLI prints the one line, which says how to continue, and exits 1."""

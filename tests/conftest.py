@@ -10,11 +10,26 @@ import torch
 
 # Deterministic, small-thread tests on the 2-core CI machine.
 torch.set_num_threads(min(2, os.cpu_count() or 1))
+# The suite's own host cache (layout probes), shared by every test and the processes they start, as one host's is;
+# never the user's ~/.cache/dsearch. A test of the cache itself points DSEARCH_CACHE_DIR at its own folder.
+os.environ["DSEARCH_CACHE_DIR"] = tempfile.mkdtemp(prefix="dsearch-test-cache-")
 
 
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+@pytest.fixture(params=["0", "1"], ids=["cpu-without-bf16", "cpu-with-bf16"])
+def either_cpu(request, monkeypatch):
+    """The test twice: as on a CPU without native bf16 units, and as on one with them ($DSEARCH_ASSUME_NATIVE_BF16),
+    where train.amp auto trains in bf16. A test whose numbers depend on what auto picks pins train.amp (and
+    train.channels_last); this keeps the ones that once didn't honest on any CI machine. True: with bf16 units.
+
+    The whole suite as on such a CPU: DSEARCH_ASSUME_NATIVE_BF16=1 pytest … (slower here: bf16 is emulated).
+    """
+    monkeypatch.setenv("DSEARCH_ASSUME_NATIVE_BF16", request.param)
+    return request.param == "1"
 
 
 # --- a throwaway PostgreSQL server (tests/test_postgres.py) -------------------------------------------------------
@@ -48,13 +63,18 @@ class PostgresServer:
     def start(self) -> None:
         self.run("initdb", "-D", str(self.data), "-U", "postgres", "--auth=trust", "-E", "UTF8", "--locale=C",
                  as_owner=True)
+        self.resume()
+        self.sql(f"CREATE ROLE {self.ROLE} LOGIN")
+
+    def resume(self) -> None:
+        """Start the initialised server (again, after `stop`: an outage ends), on the same port."""
         options = (f"-c listen_addresses=127.0.0.1 -p {self.port} -k {self.root} "
                    "-c fsync=off -c synchronous_commit=off -c full_page_writes=off")
         self.run("pg_ctl", "-D", str(self.data), "-l", str(self.log), "-o", options, "-w", "-t", "60", "start",
                  as_owner=True)
-        self.sql(f"CREATE ROLE {self.ROLE} LOGIN")
 
     def stop(self) -> None:
+        """Stop the server ("fast": clients are disconnected at once); `resume` starts it again with its data."""
         if (self.data / "postmaster.pid").exists():
             self.run("pg_ctl", "-D", str(self.data), "-m", "fast", "-w", "-t", "60", "stop", as_owner=True)
 

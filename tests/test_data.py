@@ -167,6 +167,67 @@ def test_imagefolder_tree_for_imagenet(tmp_path):
     assert f.roots == (str(tmp_path / "train"), str(tmp_path / "val")) and f.missing_files() is None
 
 
+def _folder(tmp_path, workers, augment=True):
+    """8 distinct 24×24 PNGs of two classes as FolderData with 16×16 crops, nothing read yet."""
+    from PIL import Image
+
+    from dsearch.training.data import FolderData
+
+    samples = []
+    for i, x in enumerate(images(8, 3, 24)):
+        Image.fromarray(x.transpose(1, 2, 0)).save(tmp_path / f"{i}.png")
+        samples.append((str(tmp_path / f"{i}.png"), i % 2))
+    return FolderData("imagenet", samples, samples[:4], 2, augment=augment, num_workers=workers, image_size=16)
+
+
+def test_folder_data_keeps_one_pool_of_workers_for_every_epoch_and_evaluation(tmp_path, monkeypatch):
+    """Worker processes start once per run, not at every epoch and every evaluation; as many as the run's CPU
+    threads (a trial's CPUs; fit sets them from train.num_threads), whatever the machine has."""
+    loaders = []
+
+    class Counted(torch.utils.data.DataLoader):
+        def __init__(self, *args, **kwargs):
+            loaders.append(kwargs)
+            super().__init__(*args, **kwargs)
+
+    monkeypatch.setattr(torch.utils.data, "DataLoader", Counted)
+    d = _folder(tmp_path, 1)
+    for epoch in range(2):
+        assert sum(len(y) for _, y in d.train_batches(3, epoch=epoch)) == 8
+        assert sum(len(y) for _, y in d.eval_batches(3)) == 4
+    assert [(k["num_workers"], k.get("persistent_workers")) for k in loaders] == [(1, True)]
+    # data.num_workers null: the run's threads, read when it trains (a trial's node), not when the driver loads
+    cfg = DataConfig(name="imagenet", root=tmp_path / "tree", val_size=2)
+    for c in ("a", "b"):
+        (tmp_path / "tree" / "train" / c).mkdir(parents=True)
+        for i in range(2):
+            (tmp_path / "tree" / "train" / c / f"{i}.png").write_bytes((tmp_path / "0.png").read_bytes())
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)                        # a trial with resources.cpu: 1 on this 2-core machine
+        assert load_data(cfg).num_workers is None and load_data(cfg).workers() == 1
+        torch.set_num_threads(16)
+        assert load_data(cfg).workers() == 8           # at most 8
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_folder_data_augments_each_image_by_seed_epoch_and_position_whatever_the_workers(tmp_path):
+    """A batch is the same whether one or two workers (or none) decode it: a resumed trial on a node with other
+    CPUs crops and flips as the uninterrupted one would have; another epoch draws other crops."""
+    batches = {w: [x for x, _ in _folder(tmp_path, w).train_batches(4, epoch=1)] for w in (0, 1, 2)}
+    assert all(torch.equal(a, b) for a, b in zip(batches[0], batches[2])) and len(batches[0]) == 2
+    assert all(torch.equal(a, b) for a, b in zip(batches[0], batches[1]))
+    again = [x for x, _ in _folder(tmp_path, 0).train_batches(4, epoch=1)]
+    other = [x for x, _ in _folder(tmp_path, 0).train_batches(4, epoch=2)]
+    assert all(torch.equal(a, b) for a, b in zip(batches[0], again))
+    assert not torch.equal(torch.cat(batches[0]).sum(0), torch.cat(other).sum(0))   # same images, other crops
+    torch.manual_seed(5)
+    state = torch.get_rng_state()
+    list(_folder(tmp_path, 0).train_batches(4, epoch=1))    # no workers: decoded in this process ...
+    assert torch.equal(torch.get_rng_state(), state)        # ... without a draw from its stream (dropout's)
+
+
 def test_a_trial_on_a_node_without_the_folder_dataset_fails_naming_the_node_and_the_path(tmp_path):
     """File lists travel to the workers, files don't: a node that lacks them says which, before training."""
     import pickle as pk

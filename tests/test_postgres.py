@@ -5,6 +5,9 @@ else is there, `pareto` / `export` / `dashboard` take `--storage URL --study NAM
 folder (the space comes from the copy stored in the study), and a missing name among several lists them. The
 errors of a bad URL or a missing driver are one line, and need no server. The kill-and-resume test runs on
 PostgreSQL too: tests/test_search.py::test_killed_driver_resumes_with_interrupted_trials_requeued[postgresql].
+
+The server goes down for 20 s in the middle of that search (issue 21: a database hiccup must not end a search),
+and restarts under an idle connection. A database that stays down is tested in-process (tests/test_recovery.py).
 """
 
 import json
@@ -65,17 +68,88 @@ def one_line_error(code: int, err: str, *texts: str) -> None:
 
 # --- a search in a shared database --------------------------------------------------------------------------
 
+OUTAGE_S = 20.0
+
+
+def first_epoch_recorded(url: str, proc: subprocess.Popen, timeout: float = 180) -> None:
+    """Wait until a trial of the study in `url` has a recorded epoch (or the run ended: fail)."""
+    import psycopg
+
+    end = time.monotonic() + timeout
+    while time.monotonic() < end and proc.poll() is None:
+        try:
+            with psycopg.connect(url, connect_timeout=5) as conn:
+                if conn.execute("SELECT 1 FROM trial_user_attributes WHERE key = 'curve' LIMIT 1").fetchone():
+                    return
+        except psycopg.Error:
+            pass                # the study's tables are not there yet
+        time.sleep(0.1)
+    pytest.fail(f"no epoch recorded (the run exited {proc.poll()}): {proc.stderr.read() if proc.stderr else ''}")
+
+
 @pytest.fixture(scope="module")
 def searched(postgres_server, tmp_path_factory):
-    """`dsearch run --storage URL` of a 3-trial space into a database that already holds study `other`."""
+    """`dsearch run --storage URL` of a 3-trial space into a database that already holds study `other`; the
+    server stops (its connections cut) once the first epoch is recorded, for OUTAGE_S, and starts again."""
     url = postgres_server.new_database("search")
     add_other_study(url)
     work = tmp_path_factory.mktemp("pg_run")
     space = write_space(work, "tiny", num=3)
     t0 = time.monotonic()
-    proc = dsearch_cli("run", space, "--storage", url, "--study-dir", work / "study", "--quiet")
-    assert proc.returncode == 0, proc.stderr
-    return SimpleNamespace(url=url, space=space, study_dir=work / "study", seconds=time.monotonic() - t0)
+    proc = subprocess.Popen([sys.executable, "-m", "dsearch.cli", "run", str(space), "--storage", url,
+                             "--study-dir", str(work / "study"), "--quiet"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        first_epoch_recorded(url, proc)
+        postgres_server.stop()
+        down, running = time.time(), proc.poll() is None
+        try:
+            time.sleep(OUTAGE_S)
+        finally:
+            postgres_server.resume()
+        up = time.time()
+        out, err = proc.communicate(timeout=300)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 0, err
+    return SimpleNamespace(url=url, space=space, study_dir=work / "study", seconds=time.monotonic() - t0,
+                           outage=(down, up), running_at_outage=running, stderr=err)
+
+
+@pytest.mark.slow
+def test_a_20_s_database_outage_mid_search_is_ridden_out_and_every_trial_is_recorded_once(searched):
+    """The run was training when the server went down; it waited for it (saying so), went on, and ended with exit
+    0: its three trials each trained once (one Ray trial each) and are recorded once, none failed or requeued."""
+    down, up = searched.outage
+    assert searched.running_at_outage
+    assert "does not answer" in searched.stderr and "waiting up to 180 s for it" in searched.stderr
+    assert "answers again (after " in searched.stderr
+    study = optuna.load_study(study_name="tiny", storage=searched.url)
+    trials = study.trials
+    assert [t.number for t in trials] == [0, 1, 2]
+    assert all(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in trials), [t.state for t in trials]
+    assert not any(key in t.user_attrs for t in trials for key in ("fail_reason", "requeued_from"))
+    assert all(len(t.user_attrs["curve"]) == t.user_attrs["epochs_trained"] for t in trials)
+    folders = sorted(p.name.split("-")[1] for p in searched.study_dir.glob("ray/*/trial-*") if p.is_dir())
+    assert folders == ["0", "1", "2"]
+    assert max(t.datetime_complete.timestamp() for t in trials) > up          # the search went on after it
+
+
+def test_a_connection_the_server_dropped_is_replaced_before_use(postgres_server, monkeypatch):
+    """A pooled connection that the server dropped while idle (here: a restart) is found dead and replaced
+    before the next use, which succeeds at once: no retry (DSEARCH_DB_RETRY_S=0), not even a failed try."""
+    from dsearch.search.storage import open_storage
+
+    url = postgres_server.new_database("preping")
+    add_other_study(url)
+    monkeypatch.setenv("DSEARCH_DB_RETRY_S", "0")
+    for storage in (open_storage(url), open_storage(url, writer=True)):     # a reader's; the driver's
+        assert [s.study_name for s in storage.get_all_studies()] == ["other"]       # a connection in the pool
+        postgres_server.stop()
+        postgres_server.resume()
+        assert [s.study_name for s in storage.get_all_studies()] == ["other"]
 
 
 @pytest.mark.slow
@@ -210,3 +284,45 @@ def test_an_unreachable_server_and_no_study_at_all_are_one_line_errors(capsys):
     one_line_error(main(["pareto", "--storage", url]), capsys.readouterr().err,
                    f"{url}: can't open the database (", "Connection refused")
     one_line_error(main(["pareto"]), capsys.readouterr().err, "no study given", "--storage URL --study NAME")
+
+
+# --- the run lease on PostgreSQL: compare-and-set (tests/test_lock.py has the rest, on SQLite) --------------------
+
+def test_eight_drivers_race_for_the_lease_one_takes_it_and_a_driver_whose_lease_was_taken_writes_nothing(
+        postgres_server):
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    from dsearch.errors import UserError
+    from dsearch.search.lock import LEASE_ATTR, StudyLease
+
+    url = postgres_server.new_database("lease")
+    optuna.create_study(study_name="s", storage=url)
+    drivers = [StudyLease(url, "s", timeout_s=1.2, host=f"host-{i}") for i in range(8)]   # beats every 0.2 s
+    start = threading.Barrier(len(drivers))
+
+    def take(lease: StudyLease) -> bool:
+        start.wait()
+        try:
+            lease.acquire()
+            return True
+        except UserError:
+            return False
+
+    with ThreadPoolExecutor(len(drivers)) as pool:
+        won = list(pool.map(take, drivers))
+    assert won.count(True) == 1
+    winner = drivers[won.index(True)]
+    try:
+        storage = optuna.storages.get_storage(url)
+        study_id = storage.get_study_id_from_name("s")
+        assert storage.get_study_system_attrs(study_id)[LEASE_ATTR]["token"] == winner.me["token"]
+        # Another driver's lease written over the winner's: its next beat finds it, and writes nothing.
+        other = {"host": "host-x", "pid": 4242, "token": "x" * 16, "beat": 1, "heartbeat": 0.5}
+        storage.set_study_system_attr(study_id, LEASE_ATTR, other)
+        time.sleep(0.6)                 # three of the winner's heartbeats
+        assert storage.get_study_system_attrs(study_id)[LEASE_ATTR] == other
+        assert winner.lost == "pid 4242 on host host-x took it over"
+    finally:
+        winner.release()
+    assert storage.get_study_system_attrs(study_id)[LEASE_ATTR] == other

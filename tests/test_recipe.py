@@ -91,12 +91,14 @@ def test_a_fractional_warm_up_ends_mid_epoch_and_the_step_schedule_takes_over():
 
 # ------------------------------------------------------------------ label smoothing
 
-def test_training_loss_with_label_smoothing_is_the_hand_formula_and_val_loss_stays_plain():
+def test_training_loss_with_label_smoothing_is_the_hand_formula_and_val_loss_stays_plain(either_cpu):
     eps = 0.2
     model = ModelConfig(**{**TINY, "dropout": 0.0})                   # no dropout: one forward is the step's
+    # fp32 and contiguous whatever `auto` picks (bf16 on a CPU with bf16 units; a probe's layout): the formula is
+    # fp32 in the contiguous layout, to 1e-6
     run = RunConfig(model=model, data=DataConfig(name="synthetic", synthetic_size=64, val_size=32),
                     train=TrainConfig(epochs=1, batch_size=64, device="cpu", label_smoothing=eps,
-                                     amp="off"))          # fp32 whatever `auto` picks: the formula is fp32
+                                      amp="off", channels_last=False))
     data = load_data(run.data)
     assert data.steps_per_epoch(64) == 1                                 # the epoch's mean is that one step
     (x, y), = list(data.train_batches(64, epoch=0, seed=0))

@@ -6,8 +6,6 @@ with one worker must make the same asks, rung decisions, states and epochs (the 
 """
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -287,41 +285,3 @@ def test_both_committed_tables_rank_on_signal_only_after_the_first_lr_drop(name,
     assert max(rho[:6]) < 0.6 and min(rho[6:]) > 0.9, np.round(rho, 2)
     assert int((curves[:, 0] <= 0.15).sum()) == runs_at_chance
     assert load_space(ROOT / "spaces" / "fashion_replay.yaml").milestones == [7]
-
-
-# --- faithfulness: a real search replayed on itself -------------------------------------------------------
-
-FAITHFUL = """
-name: faithful
-data: {name: synthetic, augment: true, val_size: 100, synthetic_size: 400, synthetic_image_size: 8}
-budget: {max_epochs: 4, num_samples: 8, grace_period: 1, reduction_factor: 2, max_concurrent_trials: 1}
-resources: {cpu: 1, gpu: 0}
-sampler: {seed: 3}
-fixed: {model.variant: densenet-bc, train.batch_size: 32}
-params:
-  model.depth: {type: int, low: 10, high: 16, step: 6}
-  model.growth_rate: {type: int, low: 2, high: 8}
-  train.lr: {type: categorical, choices: [0.1, 0.0001]}
-seed_trials: [{model.depth: 10, model.growth_rate: 6, train.lr: 0.1}]
-"""
-
-
-@pytest.mark.slow
-def test_a_real_search_replayed_on_itself_with_one_worker_makes_the_same_decisions(tmp_path):
-    space, study_dir = tmp_path / "faithful.yaml", tmp_path / "study"
-    space.write_text(FAITHFUL)
-    proc = subprocess.run([sys.executable, "-m", "dsearch.cli", "run", str(space), "--study-dir", str(study_dir)],
-                          capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr
-    # dsearch's default sampler for three objectives, and why; the rungs and why they are there.
-    assert ("sampler ehvi (the default for several objectives: params and MACs are known before training, so only "
-            "val_acc is modelled); moasha on val_acc, params, macs, rungs at epochs 1 (100%), 2 (50%)") in proc.stdout
-    assert "(budget.grace_period is given)" in proc.stdout
-    study = optuna.load_study(study_name="faithful", storage=f"sqlite:///{study_dir}/study.db")
-    real = [(t.number, t.params, t.state.name, t.user_attrs.get("epochs_trained", 0)) for t in study.trials]
-    assert {s for _, _, s, _ in real} >= {"COMPLETE", "PRUNED"}          # the rungs decided something
-    trace = tmp_path / "trace.jsonl"
-    assert main(["replay", str(study_dir), "--methods", "space", "--seeds", "1", "--workers", "1",
-                 "--trace", str(trace), "--jobs", "1"]) == 0
-    replayed = [json.loads(x) for x in trace.read_text().splitlines()]
-    assert [(x["number"], x["params"], x["state"], x["epochs_trained"]) for x in replayed] == real

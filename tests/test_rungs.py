@@ -154,16 +154,102 @@ def test_decisions_are_deterministic_for_a_given_stream():
     assert not all(e[4] for e in a)
 
 
-def test_a_resumed_search_rebuilt_from_the_curves_decides_as_an_uninterrupted_one():
-    for seed in range(20):
-        events = simulate(Rungs([1, 3], 3, MO), seed=seed)
-        cut = len(events) // 2
-        # What the study holds at the kill: each trial's curve as far as it reported (its last event's curve).
-        curves = {t: (curve, fixed) for t, _, curve, fixed, _ in events[:cut]}
-        resumed = Rungs([1, 3], 3, MO)
-        resumed.rebuild((t, curve, fixed) for t, (curve, fixed) in sorted(curves.items()))
-        after = [resumed.on_report(t, curve, fixed) for t, _, curve, fixed, _ in events[cut:]]
-        assert after == [e[4] for e in events[cut:]], seed
+def engine_on_a_fresh_study(interrupted=lambda: False):
+    """The search engine on an in-memory study of the tiny space (9 epochs, rungs at 1 and 3, rf 3, three
+    objectives, a seeded sampler: the same trials in the same order on every fresh study). The study keeps a copy
+    of each attribute as it was written, as a database does (Optuna's in-memory storage keeps the object)."""
+    import json
+
+    import optuna
+
+    from dsearch.search import record as st
+    from dsearch.search.engine import Engine
+    from dsearch.search.io import parse_space
+    from spaces import tiny_space
+
+    class Stored(optuna.storages.InMemoryStorage):
+        def set_trial_user_attr(self, trial_id, key, value):
+            super().set_trial_user_attr(trial_id, key, json.loads(json.dumps(value)))
+
+    space = parse_space(tiny_space(epochs=9, num=40, conc=3))
+    study = st.new_study(space, Stored(), st.make_sampler("random", space.sampler.seed))
+    return Engine(space, study, rule=Rungs([1, 3], 3, MO), interrupted=interrupted)
+
+
+def hand_over(engine, key: int, curve: list[float], proposals: dict) -> tuple[int, dict, bool]:
+    """One report (the curve so far) of the trial a stream calls `key` to the engine, as Ray Tune hands it over:
+    the trial asked at its first report; `decide`, then `observe` if it goes on, `complete` with the report if
+    it stops. Returns the study's trial number, the report and the decision."""
+    if key not in proposals:
+        proposals[key] = engine.ask()
+    p = proposals[key]
+    number, result = p["trial"], {"epoch": len(curve), VAL_ACC: curve[-1], PARAMS: p[PARAMS], MACS: p[MACS]}
+    goes_on = engine.decide(number, result)
+    engine.observe(number, result) if goes_on else engine.complete(number, result)
+    return number, result, goes_on
+
+
+def test_a_resumed_search_rebuilt_from_what_the_study_stores_decides_as_an_uninterrupted_one():
+    """Ctrl-C in the middle of a run: the reports that reach the driver while it stops (a rung's STOP among them)
+    go to the engine as Tune hands them over, then Tune stops the trials still training and the run requeues
+    them. The rungs a resumed run rebuilds from that study equal those of the same run not interrupted, a trial
+    a rung stopped is PRUNED with its rung epoch (never queued again, never judged again), and only the trials
+    that were going on are queued again."""
+    from optuna.trial import TrialState
+
+    from dsearch.search import record as st
+    from dsearch.search.engine import Engine
+
+    rung_stops_while_stopping = 0
+    for seed in range(6):
+        # The uninterrupted run: its stream of reports (stream's trial key, study trial number, curve, decision).
+        whole, proposals = engine_on_a_fresh_study(), {}
+        stream = []
+
+        def decide(key, curve, _):
+            number, _, goes_on = hand_over(whole, key, curve, proposals)
+            stream.append((key, number, list(curve), goes_on))
+            return goes_on
+
+        simulate(None, seed, decide=decide)
+        # The same run on its own study, Ctrl-C just before a report that rung 3 stops, a third of the way in or later.
+        stopping = [False]
+        cut = engine_on_a_fresh_study(interrupted=lambda: stopping[0])
+        asked, last, ended, reference = {}, {}, set(), Rungs([1, 3], 3, MO)
+
+        def replay(reports):
+            for key, number, curve, goes_on in reports:
+                n, last[number], decided = hand_over(cut, key, curve, asked)
+                fixed = {PARAMS: last[n][PARAMS], MACS: last[n][MACS]}
+                assert n == number and decided == goes_on == (reference.on_report(n, curve, fixed) and len(curve) < 9)
+                if not goes_on:
+                    ended.add(n)
+
+        half = next(i for i, (_, _, curve, goes_on) in enumerate(stream)
+                    if i >= len(stream) // 3 and len(curve) == 3 and not goes_on)
+        replay(stream[:half])
+        stopping[0] = True
+        training = {p["trial"] for p in asked.values()} - ended
+        in_flight = []                       # the next report of each trial still training, as they arrive
+        for report in stream[half:]:
+            if report[1] in training and report[1] not in {r[1] for r in in_flight}:
+                in_flight.append(report)
+        in_flight = in_flight[:3]
+        replay(in_flight)
+        rung_stops_while_stopping += sum(not goes_on and len(curve) < 9 for _, _, curve, goes_on in in_flight)
+        going_on = sorted(training - ended)
+        for n in going_on:                   # Tune stops what still trains, with its last report
+            cut.complete(n, last[n])
+        st.fail_interrupted(cut.study)
+        resumed = Engine(cut.space, cut.study, rule=Rungs([1, 3], 3, MO))
+        assert resumed.rule.recorded == reference.recorded, seed
+        trials = cut.study.trials
+        assert sorted(t.user_attrs["requeued_from"] for t in trials if t.state == TrialState.WAITING) == \
+            going_on, seed
+        for _, n, curve, goes_on in stream[:half] + in_flight:
+            if not goes_on and len(curve) < 9:
+                assert trials[n].state == TrialState.PRUNED and trials[n].user_attrs["curve"] == curve, (seed, n)
+    assert rung_stops_while_stopping >= 6, rung_stops_while_stopping   # the case that matters, in every run
 
 
 # --- one objective: Ray's ASHAScheduler -----------------------------------------------------------------------

@@ -13,7 +13,6 @@ import time
 from pathlib import Path
 
 import optuna
-import torch
 import pytest
 from optuna.trial import TrialState
 
@@ -107,7 +106,8 @@ def _wait_for(predicate, timeout):
     return False
 
 
-@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+# On SQLite in the study folder, tests/test_rerun.py kills a driver between two rungs and resumes it.
+@pytest.mark.parametrize("backend", ["postgresql"])
 def test_killed_driver_resumes_with_interrupted_trials_requeued(tmp_path, request, backend):
     text = TINY.replace("max_epochs: 3", "max_epochs: 12").replace("grace_period: 1", "grace_period: 12")
     space = write_space(tmp_path, num=3, conc=1, text=text.replace("constraints: {max_params: 12000}", ""))
@@ -251,62 +251,10 @@ def test_a_killed_ray_worker_fails_its_trial_and_the_search_goes_on(tmp_path):
     assert st.counted_trials(study) == 2 and any(t.state == TrialState.COMPLETE for t in study.trials)
 
 
-def test_an_interrupted_run_requeues_its_trial_which_resumes_bitwise_from_its_checkpoint(tmp_path):
-    sig, code = signal.SIGINT, 130
-    from dsearch.training.checkpoint import load_checkpoint
-    from dsearch.training.config import RunConfig
-    from dsearch.training.data import load_data
-    from dsearch.training.loop import fit
-
-    # 50 steps an epoch, 40 epochs: long enough to be caught running, short enough to train twice here.
-    space, study_dir = write_space(tmp_path, num=1, text=LONG.replace("synthetic_size: 400", "synthetic_size: 1600")), \
-        tmp_path / "s"
-    shared = tmp_path / "shared.db"      # a study in a database other hosts could reach: the lease applies
-    url = f"sqlite:///{shared}"
-    proc = _start(space, study_dir, "--storage", url)
-    try:
-        assert _wait_for(lambda: _running(url, epochs=2), 120), "no trial got going"
-        # A second driver on the same database (another study folder, as on another host) refuses.
-        second = dsearch("run", space, "--study-dir", tmp_path / "other", "--storage", url, "--quiet", timeout=120)
-        assert second.returncode == 2 and "is being run by pid" in second.stderr
-        assert _running(url) is not None, "the second driver must not touch the first one's trials"
-        # Ctrl-C in a terminal signals the whole foreground process group.
-        os.killpg(proc.pid, sig) if sig == signal.SIGINT else proc.send_signal(sig)
-        out, err = proc.communicate(timeout=120)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-    assert proc.returncode == code, err
-    assert "marked FAIL (interrupted) and queued again; continue with: dsearch run" in err
-    study = optuna.load_study(study_name="tiny", storage=url)
-    first = study.trials[0]
-    assert first.state == TrialState.FAIL and first.user_attrs["fail_reason"] == "interrupted"
-    assert study.trials[1].state == TrialState.WAITING and study.trials[1].user_attrs["requeued_from"] == 0
-
-    again = dsearch("run", space, "--study-dir", study_dir, "--storage", url, "--quiet")
-    assert again.returncode == 0, again.stderr
-    study = optuna.load_study(study_name="tiny", storage=url)
-    resumed = study.trials[1]
-    assert resumed.state == TrialState.COMPLETE and resumed.user_attrs["seed"] == first.user_attrs["seed"]
-    done = load_checkpoint(resumed.user_attrs["checkpoint"])
-    epoch_times = [h["epoch_time"] for h in done["history"]]
-    assert epoch_times[:2] == [h["epoch_time"] for h in load_checkpoint(first.user_attrs["checkpoint"])["history"]][:2]
-    # The resumed trial kept the layout it started in (recorded in its checkpoint and in both trials' attrs).
-    assert resumed.user_attrs["precision"] == first.user_attrs["precision"]
-    assert done["channels_last"] == ("channels_last" in first.user_attrs["precision"])
-    # The same trial, never interrupted, in that layout: same weights and the same curve, bit for bit.
-    run = RunConfig.model_validate(json.loads(resumed.user_attrs["config"]))
-    run.train.channels_last = done["channels_last"]     # this process's own probe might choose the other
-    straight = fit(run, load_data(run.data), checkpoint_path=tmp_path / "straight.pt")
-    assert resumed.user_attrs["curve"] == [h["val_acc"] for h in straight.history]
-    reference = straight.model.state_dict()
-    assert done["model"].keys() == reference.keys()
-    assert all(torch.equal(done["model"][k], reference[k]) for k in reference)
-
-
 def test_sigterm_stops_a_run_as_a_first_ctrl_c_does_and_exits_143(tmp_path, monkeypatch, capsys):
-    """SIGTERM (`kill`, a batch scheduler) takes the first Ctrl-C's path, which the real search above goes
-    through; here in this process, the search faked (one trial in progress), since only the signal differs."""
+    """SIGTERM (`kill`, a batch scheduler) takes the first Ctrl-C's path, which a real search goes through in
+    tests/test_rerun.py; here in this process, the search faked (one trial in progress), since only the signal
+    differs."""
     from dsearch.cli import main
     from dsearch.search import runner
 
@@ -331,25 +279,3 @@ def test_sigterm_stops_a_run_as_a_first_ctrl_c_does_and_exits_143(tmp_path, monk
     first, requeued = study.trials
     assert first.state == TrialState.FAIL and first.user_attrs["fail_reason"] == "interrupted"
     assert requeued.state == TrialState.WAITING and requeued.user_attrs["requeued_from"] == 0
-
-
-def test_two_drivers_started_together_exactly_one_runs_ten_times_over(tmp_path):
-    space, study_dir = write_space(tmp_path, num=1, text=LONG), tmp_path / "s"
-    for round_ in range(10):
-        procs = [_start(space, study_dir) for _ in range(2)]
-        try:
-            end = time.time() + 60
-            while time.time() < end and all(p.poll() is None for p in procs):
-                time.sleep(0.1)
-            time.sleep(1)       # the winner keeps running; a second loser would have exited by now
-            exited = [p for p in procs if p.poll() is not None]
-            assert len(exited) == 1, f"round {round_}: {len(exited)} drivers exited"
-            loser = exited[0]
-            assert loser.returncode == 2
-            err = loser.stderr.read()
-            assert "is in use by a running `dsearch run` (pid" in err and err.count("\n") == 1, err
-        finally:
-            for p in procs:
-                if p.poll() is None:
-                    os.killpg(p.pid, signal.SIGKILL)
-                p.wait()

@@ -4,6 +4,7 @@ import csv
 import json
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -17,7 +18,7 @@ from dsearch.errors import UserError
 from dsearch.net.model import build_model
 from dsearch.metrics import EPOCH_METRICS as METRICS
 from dsearch.training.checkpoint import load_checkpoint
-from dsearch.training.loop import TrainingDiverged, evaluate, fit
+from dsearch.training.loop import FitResult, TrainingDiverged, evaluate, fit, resolve_device
 from dsearch.training.schedule import lr_at
 
 FASHION = Path("/usr/share/datasets/fashion-mnist")
@@ -193,17 +194,20 @@ def test_synthetic_data_is_learnable_in_3_epochs():
 
 @pytest.mark.slow
 @pytest.mark.skipif(not (FASHION / "train-images-idx3-ubyte.gz").exists(), reason="apt install dataset-fashion-mnist")
-def test_densenet_bc_learns_real_fashion_mnist_to_80_percent_val_acc_within_2_minutes(monkeypatch):
+def test_densenet_bc_learns_real_fashion_mnist_to_80_percent_val_acc_in_3_epochs(monkeypatch):
+    """10,000 images, 3 epochs (0.84 here, 1 to 2 minutes on the 2-core CI machine). fp32: the accuracy bar is the
+    network's, not bf16's (test_precision.py's); the layout is the probe's, so this also trains in auto's layout on
+    real data. Speed is bench/throughput.py's: the time limit only catches a hang."""
     monkeypatch.setattr(D, "SYSTEM_DIRS", {"fashion_mnist": (str(FASHION),)})
     t0 = time.perf_counter()
     run = RunConfig(model=ModelConfig(variant="densenet-bc", depth=16, growth_rate=8),
                     data=DataConfig(name="fashion_mnist", train_subset=10000, augment=False),
-                    train=TrainConfig(epochs=3, num_threads=2))
+                    train=TrainConfig(epochs=3, num_threads=2, amp="off"))
     result = fit(run, load_data(run.data))
     elapsed = time.perf_counter() - t0
     print(f"fashion_mnist val_acc {result.final_val_acc:.4f} in {elapsed:.1f} s, {result.images_per_s:.0f} img/s")
     assert result.final_val_acc >= 0.80
-    assert elapsed <= 120
+    assert elapsed < 900, f"{elapsed:.0f} s: hung, or 10× slower than it should be"
 
 
 # ------------------------------------------------------------------ dsearch train
@@ -254,7 +258,7 @@ def test_fit_trains_on_an_imagefolder_tree_through_dataloader_workers(tmp_path):
             for i in range(3):
                 Image.new("RGB", (40, 30), (100 * i, 50, 200)).save(tmp_path / split / c / f"{i}.png")
     run = RunConfig(model=ModelConfig(**TINY), data=DataConfig(name="imagenet", root=tmp_path, val_size=2, num_workers=1),
-                    train=TrainConfig(epochs=1, batch_size=2))
+                    train=TrainConfig(epochs=1, batch_size=2, channels_last=False))   # no probe at 224²: ~10 s
     result = fit(run, load_data(run.data))
     assert result.history[0]["epoch"] == 1 and 0 <= result.final_val_acc <= 1
     assert result.model.classifier.out_features == 1000
@@ -263,3 +267,118 @@ def test_fit_trains_on_an_imagefolder_tree_through_dataloader_workers(tmp_path):
 def test_bf16_autocast_and_channels_last_run_when_asked_on_cpu(tiny_data):
     result = fit(tiny_run(epochs=1, amp="bf16", channels_last=True), tiny_data)
     assert 0 <= result.final_val_acc <= 1 and result.history[0]["train_loss"] > 0
+
+
+# ------------------------------------------------------------------ a trial on a Ray worker (Ray faked)
+
+class FakeTune:
+    """What a trial needs of ray.tune: its folder, and report(), which keeps what the trial reports."""
+
+    def __init__(self, trial_dir: Path) -> None:
+        self.reports: list[dict] = []
+        self.Checkpoint = SimpleNamespace(from_directory=lambda path: path)
+        self._dir = str(trial_dir)
+
+    def get_context(self):
+        return SimpleNamespace(get_trial_dir=lambda: self._dir)
+
+    def report(self, metrics: dict, checkpoint=None) -> None:
+        self.reports.append(metrics)
+
+
+@pytest.fixture
+def ray_worker(monkeypatch):
+    """A Ray worker as a trial sees it, faked: set gpu_ids (ray.get_gpu_ids()) and resources (assigned) on it."""
+    import ray
+
+    worker = SimpleNamespace(gpu_ids=[], resources={"CPU": 1.0})
+    context = SimpleNamespace(get_node_id=lambda: "node-1", get_assigned_resources=lambda: dict(worker.resources))
+    monkeypatch.setattr(ray, "get_gpu_ids", lambda: list(worker.gpu_ids))
+    monkeypatch.setattr(ray, "get_runtime_context", lambda: context)
+    monkeypatch.setattr(ray.util, "get_node_ip_address", lambda: "10.0.0.1")
+    return worker
+
+
+def trial_config(run: RunConfig, **more) -> dict:
+    return {"run": run.model_dump(mode="json"), "params": 1, "macs": 1, "trial": 0, **more}
+
+
+def test_a_cpu_trial_on_a_gpu_machine_trains_on_the_cpu(tiny_data, tmp_path, monkeypatch, ray_worker):
+    """Ray ≥ 2.60 leaves a trial with num_gpus=0 the machine's CUDA_VISIBLE_DEVICES (ray issue 54868): device auto
+    must not put every CPU trial on cuda:0 behind Ray's back. A GPU only if Ray assigned one."""
+    from dsearch.search import trainable
+    from dsearch.training import loop
+
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    devices, real_fit = [], loop.fit
+    monkeypatch.setattr(loop, "fit", lambda run, *a, **k: devices.append(run.train.device) or real_fit(run, *a, **k))
+    tune = FakeTune(tmp_path)
+    trainable._train(tune, trial_config(tiny_run(epochs=1)), tiny_data)
+    assert devices == ["cpu"] and [r["epoch"] for r in tune.reports] == [1]
+    assert resolve_device(tiny_run().train).type == "cuda"           # outside Ray (dsearch train): auto as before
+    assert trainable.trial_device(tiny_run().train, [1]) == "cuda"   # Ray's GPU 1 is this worker's cuda:0
+    with pytest.raises(UserError, match=r"train.device is cuda but Ray gave this trial no GPU"):
+        trainable.trial_device(tiny_run(device="cuda").train, [])
+
+
+def test_a_trial_on_a_quarter_of_a_gpu_may_allocate_a_quarter_of_its_memory(tmp_path, monkeypatch, ray_worker):
+    """Trials packed on one GPU (resources.gpu: 0.25) can't starve each other into out-of-memory errors."""
+    from dsearch.search import trainable
+    from dsearch.training import loop
+
+    caps, devices = [], []
+    monkeypatch.setattr(torch.cuda, "set_per_process_memory_fraction", lambda f, d=None: caps.append((f, str(d))))
+    monkeypatch.setattr(loop, "fit", lambda run, *a, **k: devices.append(run.train.device) or FitResult(model=None))
+    ray_worker.gpu_ids = ["0"]
+    for share in (0.25, 1.0):
+        ray_worker.resources = {"CPU": 1.0, "GPU": share}
+        trainable._train(FakeTune(tmp_path), trial_config(tiny_run()), None)
+    assert devices == ["cuda", "cuda"] and caps == [(0.25, "cuda")]
+
+
+def test_a_trial_resumed_from_a_checkpoint_of_every_epoch_reports_its_last_epoch(tiny_data, tmp_path, ray_worker):
+    """A driver that died between a trial's last checkpoint and its tell queues it again; it has nothing left to
+    train, and must still report, or the driver tells it PRUNED at 0 epochs with NaN values."""
+    from dsearch.search import trainable
+    from dsearch.search.reports import RESUME_FROM, extend_curve
+
+    ckpt = tmp_path / "old" / "checkpoint.pt"
+    done = fit(tiny_run(epochs=2), tiny_data, checkpoint_path=ckpt)
+    tune = FakeTune(tmp_path / "new")
+    trainable._train(tune, trial_config(tiny_run(epochs=2), **{RESUME_FROM: str(ckpt)}), tiny_data)
+    assert [r["epoch"] for r in tune.reports] == [2]
+    assert tune.reports[0]["val_acc"] == done.history[1]["val_acc"]
+    curve, times = [], []
+    assert extend_curve(curve, tune.reports[0], times)               # the driver's fold: a new epoch, the last
+    assert curve == [h["val_acc"] for h in done.history] and times == [h["epoch_time"] for h in done.history]
+    assert tune.reports[0]["train_time_s"] == 0.0                    # nothing trained in this process
+
+
+def test_a_study_decides_the_layout_of_its_cpu_trials_once(tiny_data, tmp_path, monkeypatch, ray_worker):
+    """Each trial is a fresh process: a probe in each, under its siblings' load, could give the same configuration
+    and seed either layout. The driver probes once; the study keeps the answer; every trial trains in it."""
+    import optuna
+
+    from dsearch.search import trainable
+    from dsearch.search.io import parse_space
+    from dsearch.training import precision as P
+    from spaces import tiny_space
+
+    probes = []
+    monkeypatch.setattr(P, "probe_layouts", lambda *a, **k: probes.append(a[1]) or {False: 1.0, True: 0.5})
+    space = parse_space(tiny_space(num=4, conc=1))
+    data = load_data(space.data)
+    storage = optuna.storages.InMemoryStorage()       # the study's database, which outlives a driver
+    decided = trainable.study_layout(space, optuna.create_study(study_name="s", storage=storage), data)
+    assert decided["channels_last"] is True and "2.00× the contiguous layout's speed" in decided["why"]
+    assert probes == [(32, 3, 8, 8)]                                 # the space's batch of its 8×8 images
+    # The study continued by another driver: its answer, though a probe would now say contiguous.
+    monkeypatch.setattr(P, "probe_layouts", lambda *a, **k: probes.append(a[1]) or {False: 0.5, True: 1.0})
+    assert trainable.study_layout(space, optuna.load_study(study_name="s", storage=storage), data) == decided
+    tune = FakeTune(tmp_path / "trial")
+    trainable._train(tune, trial_config(tiny_run(epochs=1)), tiny_data, decided)
+    assert tune.reports[0]["precision"].endswith("channels_last") and len(probes) == 1
+    assert tune.reports[0]["precision_why"].endswith(decided["why"])
+    gpu = parse_space(tiny_space(num=4, conc=1).replace("gpu: 0", "gpu: 1"))
+    assert trainable.study_layout(gpu, optuna.create_study(), data) is None    # GPU trials: on by rule

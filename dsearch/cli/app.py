@@ -6,7 +6,9 @@ itself on `app`; cli/__init__.py imports them all.
 Exit status: 0 done; 2 bad input (UserError, a config's ValidationError, a bad flag, a path that can't
 be used: `dsearch: error: <what, where, how to fix>`); 1 anything else, which is a bug or an unexpected
 failure (one line naming the exception and the log file that holds its traceback; `dsearch --verbose
-COMMAND` prints the traceback instead); 130 interrupted (Ctrl-C); 128 + N a run stopped by signal N.
+COMMAND` prints the traceback instead), or a run whose every trial failed, or whose database stopped answering
+(one line saying how to continue); 3 a run that lost its study's lease to another driver (LeaseLost);
+130 interrupted (Ctrl-C); 128 + N a run stopped by signal N.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import traceback
 
 import typer
 
-from ..errors import RunFailed, RunInterrupted, UserError
+from ..errors import DatabaseUnreachable, LeaseLost, RunFailed, RunInterrupted, UserError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Search DenseNet architectures and training hyperparameters.")
@@ -148,7 +150,10 @@ def main(argv: list[str] | None = None) -> int:
     except RunInterrupted as e:       # `dsearch run` stopped on a signal, its study in order
         print(f"dsearch: interrupted by {e}", file=sys.stderr)
         return e.exit_code
-    except RunFailed as e:            # every trial of a run failed: the study is in order, the setup is not
+    except LeaseLost as e:            # another driver runs the study now: this one stopped, touching nothing
+        print(f"dsearch: error: {e}", file=sys.stderr)
+        return e.exit_code
+    except (RunFailed, DatabaseUnreachable) as e:    # the study is in order; the setup, or the database, is not
         print(f"dsearch: error: {e}", file=sys.stderr)
         return 1
     except typer.Abort as e:          # raised by a command (e.g. a declined prompt), not by Ctrl-C

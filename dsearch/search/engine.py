@@ -9,10 +9,15 @@ back from the whole study at each ask.
 Two executors drive one `Engine` the same way: Ray Tune (runner.py, searcher.py: real trials on a
 cluster) and the replay (replay.py: recorded learning curves under a simulated clock). Nothing here
 imports Ray or knows which executor runs it. Only the driver process writes the study.
+
+If the study's database stops answering past its retries (storage.DatabaseUnreachable), the engine keeps the
+error in `unreachable` and writes nothing more: `ask` gives no trial, and every trial it was training stays
+RUNNING, queued again by the next run. The executor ends the run and raises the error.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import time
 from pathlib import Path
@@ -27,6 +32,7 @@ from .rungs import Rungs
 from .sampling import check_constraints, input_size, resolve, suggest
 from .reports import (CHECKPOINT_FILE, NODE, NODE_ID, NODE_IP, PRECISION, PRECISION_WHY, RESUME_FROM,
                       WORKER_PID, extend_curve)
+from .storage import DatabaseUnreachable
 
 if TYPE_CHECKING:
     import optuna
@@ -83,6 +89,21 @@ def space_proposer(space: "SearchSpace", seed: int | None) -> Proposer:
     return StudySampler()
 
 
+def _records(method: Callable) -> Callable:
+    """An Engine method that writes the study: nothing (None) once the database is unreachable, and the error kept
+    in `unreachable` when this call finds it so (see the module doc)."""
+    @functools.wraps(method)
+    def guarded(self: "Engine", *args: Any, **kwargs: Any) -> Any:
+        if self.unreachable is not None:
+            return None
+        try:
+            return method(self, *args, **kwargs)
+        except DatabaseUnreachable as e:
+            self.unreachable = e
+            return None
+    return guarded
+
+
 class Engine:
     """Ask, price, decide at rungs, tell: one search on one study, driven by an executor.
 
@@ -110,11 +131,14 @@ class Engine:
         self.infeasible: str | None = None                # why the run stopped sampling
         self.live: dict[int, dict[str, Any]] = {}         # trial number → what the engine knows of it
         self.curves: dict[int, list[float]] = {}          # trial number → val_acc per epoch, as the rule saw it
+        self.stopped: set[int] = set()                    # trials the rule stopped at a rung, until told PRUNED
+        self.unreachable: DatabaseUnreachable | None = None   # the study's database stopped answering
         self.trained = 0                                  # this run: trials told COMPLETE / PRUNED ...
         self.failed: list[tuple[int, str]] = []           # ... and FAIL(error), with their messages
 
     # --- ask and price ------------------------------------------------------------------------------------
 
+    @_records
     def ask(self) -> dict | str | None:
         """The next trial to train (a proposal: run config, params, MACs, trial number, line), FINISHED once
         num_samples trials are counted or too many samples were rejected, None once interrupted."""
@@ -162,7 +186,7 @@ class Engine:
         try:
             run = resolve(self.space, trial.params)
             if "train.seed" not in self.space.fixed and "train.seed" not in sampled:
-                run.train.seed = trial.number
+                run.train.seed = st.line_index(self.study.get_trials(deepcopy=False), trial.number)
             if self.num_threads:
                 run.train.num_threads = self.num_threads
             params = count_params(run.model)
@@ -208,7 +232,10 @@ class Engine:
         if len(curve) >= self.space.budget.max_epochs:
             return False
         line = info[LINE] if info is not None else number
-        return self.rule.on_report(line, curve, {PARAMS: result[PARAMS], MACS: result[MACS]})
+        goes_on = self.rule.on_report(line, curve, {PARAMS: result[PARAMS], MACS: result[MACS]})
+        if not goes_on:
+            self.stopped.add(number)      # a rung's decision: told PRUNED even if the run is being interrupted
+        return goes_on
 
     def _take(self, info: dict, result: dict | None) -> bool:
         """Fold one report into the trial's record; True if it was a new epoch."""
@@ -219,16 +246,20 @@ class Engine:
         info.setdefault("where", {k: result.get(k) for k in WHERE if k in result})
         return True
 
+    @_records
     def observe(self, number: int, result: dict) -> None:
         """Record a report of a trial that goes on: its curve and epoch times so far, in the study."""
         info = self.live.get(number)
         if info is not None and self._take(info, result):
-            attrs = {st.CURVE: info["curve"], st.EPOCH_TIMES: info["times"],
-                     st.EPOCHS_TRAINED: result.get(EPOCH, 0)}
-            if not info.get("where_saved"):
-                attrs.update(info["where"])
-                info["where_saved"] = True
-            st.set_attrs(info["trial"], attrs)
+            self._save_curve(info)
+
+    def _save_curve(self, info: dict) -> None:
+        attrs = {st.CURVE: info["curve"], st.EPOCH_TIMES: info["times"],
+                 st.EPOCHS_TRAINED: info["last"].get(EPOCH, 0)}
+        if not info.get("where_saved"):
+            attrs.update(info["where"])
+            info["where_saved"] = True
+        st.set_attrs(info["trial"], attrs)
 
     def _attrs(self, info: dict) -> dict[str, Any]:
         last = info["last"]
@@ -239,16 +270,23 @@ class Engine:
 
     # --- tell -----------------------------------------------------------------------------------------------
 
+    @_records
     def complete(self, number: int, result: dict | None = None) -> str | None:
         """A trial stopped training (full budget or a rung's stop): told COMPLETE or PRUNED (or FAIL if a
-        full-budget value is NaN). While interrupted, a trial short of its budget is left RUNNING (None):
-        record.fail_interrupted queues it again, to continue from its checkpoint."""
+        full-budget value is NaN). While interrupted, a trial short of its budget that no rung stopped is left
+        RUNNING (None), its curve saved to its last report: record.fail_interrupted queues it again, to continue
+        from its checkpoint. A rung's stop is told PRUNED even then, its rung epoch in its curve: the resumed
+        run's rungs are rebuilt from it, and it is never judged again (rungs.py)."""
         info = self.live.pop(number, None)
         self.curves.pop(number, None)
+        stopped = number in self.stopped
+        self.stopped.discard(number)
         if info is None:
             return None
-        self._take(info, result)
-        if self.interrupted() and info["last"].get(EPOCH, 0) < self.space.budget.max_epochs:
+        new = self._take(info, result)
+        if self.interrupted() and not stopped and info["last"].get(EPOCH, 0) < self.space.budget.max_epochs:
+            if new:
+                self._save_curve(info)
             return None
         metrics = {VAL_ACC: info["last"].get(VAL_ACC, float("nan")), PARAMS: info[PARAMS], MACS: info[MACS],
                    VAL_LOSS: info["last"].get(VAL_LOSS, float("nan"))}
@@ -263,10 +301,12 @@ class Engine:
         (Ray tells the error after the trial's end). Returns what fail() needs, or None if unknown."""
         info = self.live.pop(number, None)
         self.curves.pop(number, None)
+        self.stopped.discard(number)
         if info is not None:
             self._take(info, result)
         return info
 
+    @_records
     def fail(self, info: dict, kind: str, message: str, text: str) -> None:
         """FAIL(error) a trial that raised or whose worker died, its traceback saved in the study folder."""
         number = info["trial"].number
@@ -286,6 +326,7 @@ class Engine:
         self.failed.append((number, message))
         self.proposer.told(number, "FAIL", {})
 
+    @_records
     def record_checkpoint(self, number: int, path: str) -> None:
         """A trial saved a checkpoint at `path` (a folder in the trial storage): record where."""
         info = self.live.get(number)

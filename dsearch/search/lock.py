@@ -4,9 +4,19 @@
 releases it when the process dies, however it dies, so there is no stale lock to clean up.
 
 A study in a shared database (`--storage postgresql://...`) can be run from any machine, where a
-file lock can't see the other host. `StudyLease` keeps (host, pid, heartbeat time) as a system
-attribute of the study, refreshed by a thread every LEASE_TIMEOUT_S / 6 while the run lives; a lease
-whose heartbeat is older than LEASE_TIMEOUT_S (60 s) belongs to a dead driver and is taken over.
+file lock can't see the other host. `StudyLease` keeps (host, pid, a random token, a beat count and the time
+of the beat) as a system attribute of the study; a thread beats every LEASE_TIMEOUT_S / 6 while the run lives. Every write of the lease is a
+compare-and-set on the value last read or written (one UPDATE ... WHERE value = old on Optuna's table, or
+an INSERT the unique key refuses), so two drivers never both hold it, and a holder whose beat finds another
+driver's lease knows it lost it.
+
+Hosts' clocks differ (by minutes, sometimes), so a driver never compares its clock with another host's: a
+lease from another machine is stale once its heartbeat has stood still for LEASE_TIMEOUT_S (60 s) by the
+waiting driver's own clock, and live as soon as it changes. A lease written on this machine (same host name
+and kernel boot) is judged at once by the one clock they share, and by whether its pid is still alive (a driver
+killed here is taken over at once). The holder, in turn, counts itself as having lost the lease once
+LEASE_TIMEOUT_S - one beat has passed, by its clock, since the last beat it wrote (a stalled or cut-off
+database): a waiting driver takes over no sooner than LEASE_TIMEOUT_S after that beat, so the holder stops first. A lost lease stops the run (search/session.py) with LeaseLost, exit status 3.
 """
 
 from __future__ import annotations
@@ -18,13 +28,14 @@ import socket
 import threading
 import time
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, Callable
 
-from ..errors import UserError
+from ..errors import LeaseLost, UserError
 
 LOCK_FILE = "run.lock"
 LEASE_ATTR = "dsearch:lease"
 LEASE_TIMEOUT_S = 60.0      # six missed heartbeats: the driver is gone (or cut off from the database)
+POLL_S = 1.0                # at most this between two reads of a lease being watched
 
 
 def _holder_text() -> str:
@@ -98,69 +109,199 @@ def _pid_in(path: Path) -> int | None:
 
 
 class StudyLease:
-    """(host, pid, heartbeat) in the study's system attrs while this driver runs it; see the module doc."""
+    """(host, pid, token, beat, heartbeat) in the study's system attrs while this driver runs it; see the module doc.
 
-    def __init__(self, url: str, study_name: str, *, timeout_s: float | None = None) -> None:
-        import optuna
+    `clock` (monotonic, s) measures this driver's own waits and stalls, `wall` (Unix time, s) stamps the
+    heartbeat and judges a lease from this machine, `sleep` waits between reads; tests inject them, and `host`
+    (a host name: another machine).
+    """
+
+    def __init__(self, url: str, study_name: str, *, timeout_s: float | None = None,
+                 clock: Callable[[], float] = time.monotonic, wall: Callable[[], float] = time.time,
+                 sleep: Callable[[float], None] = time.sleep, host: str | None = None,
+                 say: Callable[[str], None] | None = None) -> None:
+        from .storage import open_storage
 
         if timeout_s is None:   # $DSEARCH_LEASE_TIMEOUT_S: for tests that kill a driver and take over
             timeout_s = float(os.environ.get("DSEARCH_LEASE_TIMEOUT_S", LEASE_TIMEOUT_S))
 
-        self.storage = optuna.storages.get_storage(url)
+        self.storage = open_storage(url)
         self.study_id = self.storage.get_study_id_from_name(study_name)
         self.name, self.timeout_s, self.heartbeat_s = study_name, timeout_s, timeout_s / 6
-        self.me = {"host": socket.gethostname(), "pid": os.getpid(), "token": os.urandom(8).hex()}
+        self.poll_s = min(POLL_S, self.heartbeat_s / 2)
+        self.me = {"host": host or socket.gethostname(), "boot": _boot_id(), "pid": os.getpid(),
+                   "token": os.urandom(8).hex()}
+        self._clock, self._wall, self._sleep, self._say = clock, wall, sleep, say
+        self._raw: str | None = None           # the lease as this driver last wrote it: what its next write expects
+        self._beats = 0
+        self._last_ok: float | None = None     # clock() when the last beat that was written began
+        self._lost: str | None = None          # why this driver no longer holds the lease, once it knows
+        self._stale: tuple[str, float] | None = None    # (lease, since): one seen standing still, by check()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
+    # --- the record ----------------------------------------------------------------------------------------
+
     def current(self) -> dict | None:
         """The lease recorded in the study, if any."""
-        raw = self.storage.get_study_system_attrs(self.study_id).get(LEASE_ATTR)
-        return json.loads(raw) if isinstance(raw, str) else raw
+        return _parse(self._read())
 
-    def _write(self) -> None:
-        self.storage.set_study_system_attr(self.study_id, LEASE_ATTR, {**self.me, "heartbeat": time.time()})
+    def _read(self) -> str | None:
+        import sqlalchemy as sa
+
+        table = _table()
+        with self.storage.engine.connect() as conn:
+            return conn.execute(sa.select(table.c.value_json).where(
+                table.c.study_id == self.study_id, table.c.key == LEASE_ATTR)).scalar_one_or_none()
+
+    def _swap(self, old: str | None, new: str) -> bool:
+        """Write `new` if the lease still reads `old` (None: no lease yet), atomically; whether it did.
+
+        One statement in one transaction: an UPDATE whose WHERE names the old value (PostgreSQL re-checks it
+        after waiting for a concurrent writer's row lock; SQLite runs one writer at a time), or an INSERT that
+        the table's unique (study_id, key) refuses to a second driver.
+        """
+        import sqlalchemy as sa
+
+        table = _table()
+        try:
+            with self.storage.engine.begin() as conn:
+                if old is None:
+                    conn.execute(sa.insert(table).values(study_id=self.study_id, key=LEASE_ATTR, value_json=new))
+                    return True
+                return conn.execute(sa.update(table).where(
+                    table.c.study_id == self.study_id, table.c.key == LEASE_ATTR, table.c.value_json == old,
+                ).values(value_json=new)).rowcount == 1
+        except sa.exc.IntegrityError:       # another driver inserted first
+            return False
+
+    def _value(self, beat: int, released: bool = False) -> str:
+        lease = {**self.me, "beat": beat, "heartbeat": self._wall()}
+        return json.dumps({**lease, "released": True} if released else lease)
+
+    def _mine(self, lease: dict | None) -> bool:
+        return bool(lease) and lease.get("token") == self.me["token"]
+
+    def _same_machine(self, lease: dict) -> bool:
+        """Written on this machine: same host name and kernel boot, hence the same clock as ours."""
+        return (bool(self.me["boot"]) and lease.get("boot") == self.me["boot"]
+                and lease.get("host") == self.me["host"])
+
+    # --- taking it ---------------------------------------------------------------------------------------------
 
     def holder(self) -> dict | None:
-        """The lease of another driver whose heartbeat is fresh (host, pid, heartbeat), else None."""
+        """Another driver's lease that looks live from one read (not released, heartbeat younger than timeout_s
+        by this host's clock), else None: a hint for read-only views (`dsearch pareto`). Hosts' clocks differ,
+        so taking a lease over never relies on it (see `check`)."""
         held = self.current()
-        if held and held.get("token") != self.me["token"] and time.time() - held["heartbeat"] < self.timeout_s:
+        if held and not self._mine(held) and not _released(held) and self._wall() - held["heartbeat"] < self.timeout_s:
             return held
         return None
 
     def check(self) -> None:
-        """Raise UserError if a live driver holds the lease (read only: for a refusal before anything starts)."""
-        held = self.holder()
-        if held:
-            raise UserError(_busy(self.name, held, self.timeout_s))
+        """Raise UserError if a live driver holds the lease; may watch it for up to timeout_s (read only).
+
+        A lease from this machine is judged at once; one from another host is live as soon as its heartbeat
+        changes, and stale once it has stood still for timeout_s by this driver's clock."""
+        self._free()
+
+    def _free(self) -> str | None:
+        """The lease as read once it may be taken (none, released, or stale), or UserError naming its live holder."""
+        raw = self._read()
+        held = _parse(raw)
+        if held is None or _released(held) or self._mine(held):
+            return raw
+        if self._same_machine(held):
+            age = self._wall() - held["heartbeat"]
+            if age < self.timeout_s and _alive(held.get("pid")):      # a dead pid here holds nothing
+                raise UserError(_busy(self.name, held, self.timeout_s, f"last heartbeat {age:.0f} s ago"))
+            return raw
+        if self._stale is not None and self._stale[0] == raw:
+            since = self._stale[1]          # check() watched it stand still: still the same value, still stale
+        else:
+            since = self._clock()
+            if self._say:
+                self._say(f"study {self.name!r} has the lease of pid {held.get('pid')} on host {held.get('host')}: "
+                          f"taking it over unless its heartbeat changes within {self.timeout_s:.0f} s")
+        while (waited := self._clock() - since) < self.timeout_s:
+            self._sleep(min(self.poll_s, self.timeout_s - waited))
+            now = self._read()
+            if now != raw:
+                lease = _parse(now)
+                if lease is None or _released(lease):
+                    return now
+                raise UserError(_busy(self.name, lease, self.timeout_s, "its heartbeat is live"))
+        self._stale = (raw, since)
+        return raw
 
     def acquire(self) -> None:
-        """Take the lease, or raise UserError naming the live driver that holds it."""
-        self.check()
-        self._write()
-        # Two drivers that started together both wrote; the later write wins, the other one backs off.
-        time.sleep(min(1.0, self.heartbeat_s / 10))
-        held = self.current()
-        if held and held.get("token") != self.me["token"]:
-            raise UserError(_busy(self.name, held, self.timeout_s))
-        self._thread = threading.Thread(target=self._beat, name="dsearch-lease", daemon=True)
+        """Take the lease, or raise UserError naming the live driver that holds it (see `check`)."""
+        raw = self._free()
+        started, value = self._clock(), self._value(1)
+        if not self._swap(raw, value):      # another driver wrote between our read and our write: it runs
+            held = self.current() or {}
+            raise UserError(_busy(self.name, held, self.timeout_s, "it took the lease just now"))
+        self._raw, self._beats, self._last_ok = value, 1, started
+        self._thread = threading.Thread(target=self._keep, name="dsearch-lease", daemon=True)
         self._thread.start()
 
+    # --- holding it --------------------------------------------------------------------------------------------
+
+    @property
+    def lost(self) -> str | None:
+        """Why this driver no longer holds the lease (another driver took it; no beat written for timeout_s
+        less one beat, by this driver's clock), else None. Once lost, it stays lost."""
+        if self._lost is None and self._last_ok is not None \
+                and self._clock() - self._last_ok >= self.timeout_s - self.heartbeat_s:
+            self._lost = (f"no heartbeat could be written for {self.timeout_s - self.heartbeat_s:.0f} s (a stalled "
+                          "or unreachable database), so another driver may take the study over")
+        return self._lost
+
+    def lost_error(self) -> LeaseLost:
+        """The error that stops a run whose lease is lost (exit status 3)."""
+        return LeaseLost(f"study {self.name!r}: this driver lost its lease: {self.lost}; it stopped, and left the "
+                         "study's trials as they are, to the driver that runs the study now (run again to "
+                         "continue if none does)")
+
+    def _keep(self) -> None:
+        while not self._stop.wait(self.heartbeat_s) and self.lost is None:
+            self._beat()
+
     def _beat(self) -> None:
-        while not self._stop.wait(self.heartbeat_s):
-            try:
-                self._write()
-            except Exception:  # a database hiccup: the next beat tries again, well before the timeout
-                pass
+        """Write the next heartbeat over our own last one; finding another driver's lease there means lost."""
+        started, value = self._clock(), self._value(self._beats + 1)
+        try:
+            if self._swap(self._raw, value):
+                self._raw, self._beats, self._last_ok = value, self._beats + 1, started
+                return
+            raw = self._read()
+        except Exception:  # a database hiccup: the next beat tries again; `lost` counts the time without one
+            return
+        lease = _parse(raw)
+        if self._mine(lease):       # a write that raised had committed after all: ours still, beat from it
+            self._raw = raw
+            return
+        self._lost = (f"pid {lease.get('pid')} on host {lease.get('host')} took it over" if lease
+                      else "its lease was removed from the study")
 
     def release(self) -> None:
+        """Stop the heartbeat and mark the lease released, if it is still ours (never another driver's)."""
         self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-            self._thread = None
-            held = self.current()
-            if held and held.get("token") == self.me["token"]:
-                self.storage.set_study_system_attr(self.study_id, LEASE_ATTR, {**held, "heartbeat": 0.0})
+        if self._thread is None:
+            return
+        self._thread.join(timeout=5)
+        self._thread = None
+        for _ in range(3):      # a beat still in flight may land first: ours too, release from it
+            raw, value = self._raw, self._value(self._beats + 1, released=True)
+            try:
+                if raw is None or self._swap(raw, value):
+                    return
+                raw = self._read()
+            except Exception:   # the database is gone: the lease goes stale instead
+                return
+            if not self._mine(_parse(raw)) or _released(_parse(raw)):
+                return
+            self._raw = raw
 
     def __enter__(self) -> "StudyLease":
         self.acquire()
@@ -170,8 +311,43 @@ class StudyLease:
         self.release()
 
 
-def _busy(name: str, held: dict, timeout_s: float) -> str:
-    age = time.time() - held["heartbeat"]
-    return (f"study {name!r} is being run by pid {held.get('pid')} on host {held.get('host')} (last heartbeat "
-            f"{age:.0f} s ago); wait for it, or if that driver is dead, wait {timeout_s:.0f} s for its lease "
-            "to expire and run again")
+def _alive(pid: Any) -> bool:
+    """Whether a process of this machine with that pid exists (one we may not signal counts as alive)."""
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, TypeError, ValueError, OverflowError):
+        return True
+    return True
+
+
+def _table() -> Any:
+    from optuna.storages._rdb import models
+
+    return models.StudySystemAttributeModel.__table__
+
+
+def _parse(raw: str | None) -> dict | None:
+    if raw is None:
+        return None
+    value = json.loads(raw)
+    return json.loads(value) if isinstance(value, str) else value
+
+
+def _released(lease: dict) -> bool:
+    return bool(lease.get("released")) or lease.get("heartbeat") == 0.0     # 0.0: how older versions released
+
+
+def _boot_id() -> str:
+    """This kernel's boot id (Linux), '' elsewhere: two processes with the same one share one clock."""
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        return ""
+
+
+def _busy(name: str, held: dict, timeout_s: float, evidence: str) -> str:
+    return (f"study {name!r} is being run by pid {held.get('pid')} on host {held.get('host')} ({evidence}); wait "
+            f"for it, or if that driver is dead, run again: its lease is taken over once its heartbeat has stood "
+            f"still for {timeout_s:.0f} s")

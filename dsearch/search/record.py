@@ -13,7 +13,8 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import UserError
 from ..metrics import MACS, PARAMS, TRAIN_TIME_S, WALL_TIME_S
-from .storage import STUDY_DB, db_exists, display_url, open_storage, pick_study, storage_url
+from .storage import (STUDY_DB, database_unreachable, db_exists, display_url, open_storage, pick_study,
+                      storage_url)
 
 if TYPE_CHECKING:
     import optuna
@@ -118,7 +119,7 @@ def new_study(space: "SearchSpace", storage: Any, sampler: "optuna.samplers.Base
     return study
 
 
-def _check_stored_space(space: "SearchSpace", url: str, rdb: "optuna.storages.RDBStorage") -> None:
+def _check_stored_space(space: "SearchSpace", url: str, rdb: Any) -> None:
     """Refuse to continue a study whose stored space differs in what is searched or how it's judged."""
     from .io import parse_space, refuse_different_space
 
@@ -231,13 +232,25 @@ def rejected_trials(study: "optuna.Study") -> dict[str, int]:
 
 
 def fail_interrupted(study: "optuna.Study") -> list[int]:
-    """RUNNING trials left by a killed driver → FAIL(interrupted), their params enqueued again."""
+    """RUNNING trials left by a stopped or killed driver → FAIL(interrupted), their params queued again, once.
+
+    The queued copy is written before the FAIL: a driver stopped between the two (a second Ctrl-C, a kill)
+    leaves the trial RUNNING with its copy queued, and the next call only marks it FAIL. Once the study's
+    database stopped answering in this run (storage.DatabaseUnreachable), nothing is tried: the next run does it.
+    """
     from optuna.trial import TrialState
 
+    if database_unreachable(study) is not None:
+        return []
+    trials = study.get_trials(deepcopy=False)
+    queued = {t.user_attrs.get(REQUEUED_FROM) for t in trials}
     numbers = []
-    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+    for t in trials:
+        if t.state != TrialState.RUNNING:
+            continue
+        if t.number not in queued:
+            study.enqueue_trial(t.params, user_attrs={REQUEUED_FROM: t.number})
         _fail_orphan(study, t, "the driver stopped while this trial ran; its parameters were queued again")
-        study.enqueue_trial(t.params, user_attrs={REQUEUED_FROM: t.number})
         numbers.append(t.number)
     return numbers
 
@@ -266,6 +279,13 @@ def lineages(trials: "list[FrozenTrial]") -> dict[int, int]:
             first = parent[first]
         root[n] = first
     return root
+
+
+def line_index(trials: "list[FrozenTrial]", number: int) -> int:
+    """How many lines of trials began before trial `number`: a new trial's seed. Its trial number would do until a
+    run is interrupted; the copies queued then take numbers too, and every later trial would train with other
+    draws than in a search never stopped."""
+    return sum(1 for t in trials if t.number < number and t.user_attrs.get(REQUEUED_FROM) is None)
 
 
 def rung_history(study: "optuna.Study") -> list[tuple[int, list[float], dict[str, float]]]:

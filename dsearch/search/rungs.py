@@ -7,7 +7,10 @@ params and MACs) and goes on if its rank among the rung's vectors, itself includ
 then, inside a front, NSGA-II's crowding distance (or an ε-net order). With val_acc alone it is ASHA.
 
 The state is a function of the recorded vectors only (ties are broken by trial number, not by arrival),
-so rebuilding the rungs from the study's curves after a kill gives the decisions of an uninterrupted run.
+so rebuilding the rungs from the study's curves after a kill gives the decisions of an uninterrupted run. The
+study holds every vector a decision was made on: a report that goes on is saved as it comes, and a rung's stop
+is told PRUNED with its curve even while the run is being interrupted (engine.py), never queued to be judged
+again.
 
 The decision is that of `ranking.rank_order` on the rung's finite vectors (trial number as the index), without
 ranking them all: each rung keeps its points' fronts up to date as they arrive (`ranking.FrontLevels`), and an

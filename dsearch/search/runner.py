@@ -12,14 +12,15 @@ import signal
 import socket
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 from ..errors import UserError
 from ..metrics import VAL_ACC
 from . import artifacts
 from .engine import Engine
 from .searcher import Events, StudySearcher
-from .trainable import train_trial
+from .storage import RetryingStorage
+from .trainable import study_layout, train_trial
 
 if TYPE_CHECKING:
     import optuna
@@ -59,7 +60,8 @@ def start_ray(address: str | None, num_cpus: int | None = None) -> None:
             ray.init(address=address, runtime_env=code_runtime_env(), **kwargs)
         else:
             # "local": always a fresh instance, never an unrelated `ray start` cluster found on the machine.
-            ray.init(address="local", num_cpus=num_cpus or os.cpu_count(), **kwargs)
+            # Sized by Ray itself unless told: it reads the container's cgroup CPU quota, os.cpu_count() doesn't.
+            ray.init(address="local", **({"num_cpus": num_cpus} if num_cpus else {}), **kwargs)
     except (ConnectionError, RuntimeError, ValueError) as e:
         where = f"--ray-address {address}" if address else "a local Ray"
         raise UserError(f"could not start {where}: {str(e).splitlines()[0]}") from None
@@ -160,12 +162,14 @@ class Interruption:
 
 
 def run_search(space: "SearchSpace", study: "optuna.Study", study_dir: Path, data: Any, view: Any,
-               interruption: Interruption, storage: artifacts.TrialStorage,
+               interruption: Callable[[], bool], storage: artifacts.TrialStorage,
                max_concurrent: int | None = None) -> Engine:
     """Run the trials the study still owes (num_samples minus counted) on Ray Tune, until done or interrupted.
 
     Ray keeps trial folders and checkpoints in `storage` (TrialStorage.of_study: the study folder's ray/). Returns the
-    engine, which counts the trials this run trained and those that failed.
+    engine, which counts the trials this run trained and those that failed. Raises DatabaseUnreachable once the
+    study's database stopped answering (its trials left RUNNING, resumable); `interruption()` (Ctrl-C, a lost
+    lease) also ends a wait for it.
     """
     from ray import tune
 
@@ -173,24 +177,37 @@ def run_search(space: "SearchSpace", study: "optuna.Study", study_dir: Path, dat
     threads = max(1, int(r.cpu))
     engine = Engine(space, study, study_dir, threads, interrupted=interruption, storage=storage)
     searcher = StudySearcher(engine)
+    ends = lambda: interruption() or engine.unreachable is not None     # noqa: E731
     b = space.budget
-    trainable = tune.with_resources(tune.with_parameters(train_trial, data=data),
+    layout = study_layout(space, study, data)      # CPU trials' memory layout, decided once per study
+    trainable = tune.with_resources(tune.with_parameters(train_trial, data=data, layout=layout),
                                     {"cpu": r.cpu, "gpu": r.gpu})
     tuner = tune.Tuner(
         trainable,
         tune_config=tune.TuneConfig(search_alg=searcher, scheduler=rung_scheduler(engine), metric=VAL_ACC,
                                     mode="max", num_samples=-1, trial_dirname_creator=trial_dirname,
-                                    max_concurrent_trials=max_concurrent or b.max_concurrent_trials),
+                                    max_concurrent_trials=max_concurrent or b.max_concurrent_trials,
+                                    # A trial's worker process takes ~5 s to start (Ray, torch, dsearch): a
+                                    # finished trial's worker trains the next one (fit() sets every seed and
+                                    # thread count itself, so a trial doesn't depend on what ran there before).
+                                    reuse_actors=True),
         run_config=tune.RunConfig(
             name=f"run-{time.strftime('%Y%m%d-%H%M%S')}", **storage.ray_storage(),
-            verbose=0, callbacks=[Events(searcher, view)], stop=_stopper(interruption),
+            verbose=0, callbacks=[Events(searcher, view)], stop=_stopper(ends),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
             failure_config=tune.FailureConfig(max_failures=0)),
     )
+    waits = study._storage if isinstance(study._storage, RetryingStorage) else None
+    if waits is not None:
+        waits.give_up = interruption
     try:
         tuner.fit()
     finally:
-        searcher.flush_errors()
+        searcher.flush_errors()           # nothing once the database is unreachable: the engine writes no more
+        if waits is not None:
+            waits.give_up = None
+    if engine.unreachable is not None:
+        raise engine.unreachable
     if engine.infeasible:
         raise UserError(engine.infeasible)
     return engine
@@ -211,6 +228,11 @@ def rung_scheduler(engine: Engine) -> Any:
         def debug_string(self) -> str:
             return f"RungScheduler: {engine.space.milestones}"
 
+        # Tune pickles its scheduler into the experiment folder, as it does the searcher (whose state is the
+        # study): the engine holds the study and what stops the run (a signal handler, the lease's thread).
+        def __reduce__(self):
+            return (FIFOScheduler, ())
+
     return RungScheduler()
 
 
@@ -219,8 +241,8 @@ def trial_dirname(trial: Any) -> str:
     return f"trial-{trial.config.get('trial')}-{trial.trial_id}"
 
 
-def _stopper(interruption: Interruption) -> Any:
-    """A Tune Stopper that ends the run once `interruption` has seen a signal."""
+def _stopper(interruption: Callable[[], bool]) -> Any:
+    """A Tune Stopper that ends the run once `interruption()` is true (a signal, a lost lease, the database gone)."""
     from ray.tune.stopper import Stopper
 
     class StopOnSignal(Stopper):

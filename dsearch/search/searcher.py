@@ -3,8 +3,8 @@ reports their end, and the Tune callbacks that forward checkpoints, errors and p
 
 Each Ray trial is one Optuna trial, asked in `StudySearcher.suggest`. A trial that raised is told
 FAIL(error) with its kind and the path of its traceback in the study folder. An interrupted run tells
-nothing about the trials it stopped: they stay RUNNING, and the caller marks them FAIL(interrupted)
-and queues them again (record.fail_interrupted).
+nothing about the trials it stopped (but those a rung stopped: PRUNED, as in a run that goes on): they stay
+RUNNING, and the caller marks them FAIL(interrupted) and queues them again (record.fail_interrupted).
 """
 
 from __future__ import annotations

@@ -32,6 +32,8 @@ def run_study(space: "SearchSpace", study_dir: Path, storage: str | None, ray_ad
 
     Raises RunInterrupted after SIGINT / SIGTERM and RunFailed when every trial of the run failed, each
     carrying the summary (`.summary`) once the study is in order; `again` is the command that continues it.
+    Raises LeaseLost when another driver took the study over (a shared database): the run stopped and left
+    every trial as it was, to that driver.
     """
     from . import runner
     from .live import LiveView
@@ -39,9 +41,10 @@ def run_study(space: "SearchSpace", study_dir: Path, storage: str | None, ray_ad
 
     t0 = time.time()
     created = not study_dir.exists()
+    lease = None
     with StudyLock(study_dir), _undo_failed_start(study_dir, created):
         if storage:
-            _check_lease(storage_url(study_dir, storage), space.name)   # before the slow start of Ray
+            lease = _check_lease(storage_url(study_dir, storage), space.name, say)   # before the slow start of Ray
         data = load_data(space.data)          # errors (missing files) before Ray or the study start
         if not default_trials:                # a --storage-path this machine can't write: before Ray starts
             artifacts.remove(artifacts.write_probe(trials.location))
@@ -52,7 +55,9 @@ def run_study(space: "SearchSpace", study_dir: Path, storage: str | None, ray_ad
                 runner.check_storage_visible(trials.location, default=default_trials)
             study = st.create_or_load(space, study_dir, storage)
             # A shared database can be reached from other hosts, which the file lock can't see.
-            with StudyLease(storage_url(study_dir, storage), space.name) if storage else nullcontext():
+            if storage and lease is None:
+                lease = StudyLease(storage_url(study_dir, storage), space.name, say=say)
+            with lease if lease is not None else nullcontext():
                 if not (study_dir / SPACE_FILE).exists():
                     tmp = study_dir / (SPACE_FILE + ".tmp")
                     tmp.write_text(dump_space(space))
@@ -69,9 +74,19 @@ def run_study(space: "SearchSpace", study_dir: Path, storage: str | None, ray_ad
                 with runner.Interruption() as interruption, \
                         LiveView(space.budget.max_epochs, space.budget.num_samples, enabled=live) as view:
                     try:
-                        engine = runner.run_search(space, study, study_dir, data, view, interruption, trials)
+                        engine = runner.run_search(space, study, study_dir, data, view, _Stop(interruption, lease),
+                                                   trials)
+                    except Exception as e:
+                        if lease is not None and lease.lost:   # a write to a trial the new holder failed
+                            raise lease.lost_error() from e
+                        raise
                     finally:
-                        stopped = st.fail_interrupted(study)   # never lost: queued again, resumable
+                        # Never lost: queued again, resumable; but once the lease is lost the trials are the
+                        # new holder's, which fails and requeues ours itself.
+                        lost = lease is not None and lease.lost is not None
+                        stopped = [] if lost else st.fail_interrupted(study)
+                if lost:
+                    raise lease.lost_error()
         finally:
             import ray
 
@@ -95,10 +110,30 @@ def run_study(space: "SearchSpace", study_dir: Path, storage: str | None, ray_ad
     return summary
 
 
-def _check_lease(url: str, name: str) -> None:
-    """Refuse at once if a live driver, maybe on another host, runs the study in this database."""
+class _Stop:
+    """Whether the run must stop: a signal (Ctrl-C, SIGTERM) or a lost lease, which stops it the same way (no new
+    trial, the running ones stopped, nothing recorded for them)."""
+
+    def __init__(self, interruption: Callable[[], bool], lease: StudyLease | None) -> None:
+        self.interruption, self.lease = interruption, lease
+
+    def __call__(self) -> bool:
+        return self.interruption() or (self.lease is not None and self.lease.lost is not None)
+
+    def __reduce__(self):   # Tune pickles the engine that holds this; a copy keeps no thread, no connection
+        return (_Stop, (self.interruption, None))
+
+
+def _check_lease(url: str, name: str, say: Callable[[str], None]) -> StudyLease | None:
+    """Refuse if a live driver, maybe on another host, runs the study in this database; the lease checked
+    (None: no study yet), which then takes over a stale lease without watching it again."""
     if name in [s.study_name for s in open_storage(url).get_all_studies()]:
-        StudyLease(url, name).check()
+        lease = StudyLease(url, name, say=say)
+        lease.check()
+        return lease
+    return None
+
+
 @contextmanager
 def _undo_failed_start(study_dir: Path, created: bool) -> Iterator[None]:
     """On a failure before the study exists, remove the folder this run made (it holds only the lock file and

@@ -49,7 +49,7 @@ class DataConfig(StrictModel):
     train_subset: int | None = None      # training images drawn after the validation split
     val_subset: int | None = None        # not used to shrink val_size; a cap for fast evaluation
     seed: int = 0
-    num_workers: int | None = None       # imagenet only: DataLoader workers; None: min(8, CPUs)
+    num_workers: int | None = None       # imagenet only: DataLoader workers; None: the run's CPU threads, ≤ 8
     synthetic_size: int = 1200           # synthetic only: images in the train split
     synthetic_classes: int = 10
     synthetic_image_size: int = 16
@@ -105,9 +105,12 @@ class TrainConfig(StrictModel):
     warmup_start: float | None = None                 # lr at the start of warm-up; None: lr / 10
     label_smoothing: float = 0.0                      # ε of the training loss's smoothed targets
     seed: int = 0
-    device: str = "auto"                              # auto: cuda if available, else cpu
+    # auto: cuda if available, else cpu (a search trial: cuda only if Ray gave it a GPU). On cuda, cudnn.benchmark
+    # picks convolution algorithms by timing, per process: a resumed GPU run is close to, not bitwise, a straight one.
+    device: str = "auto"
     # auto: bf16 where the hardware has it natively (GPU with bf16, else fp16; CPU with AVX-512 BF16 or AMX), else
-    # off (fp32). None: channels_last on GPU; on CPU the faster layout in a short probe (training/precision.py).
+    # off (fp32); a resumed run keeps its checkpoint's. None: channels_last on GPU; on CPU the faster layout in a
+    # short probe, once per study in a search (training/precision.py).
     amp: Literal["auto", "off", "bf16", "fp16"] = "auto"
     channels_last: bool | None = None
     compile: bool = False

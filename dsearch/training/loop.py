@@ -22,11 +22,12 @@ from ..metrics import EPOCH, EPOCH_TIME, IMAGES_PER_S, LR, TRAIN_LOSS, VAL_ACC, 
 from .checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from .config import RunConfig, TrainConfig
 from .data import TrainingData
-from .precision import Precision, autocast, resolve_precision
+from .precision import DTYPE_NAMES, Precision, autocast, resolve_precision
 from .schedule import schedule_lr
 
 STOP = "stop"
 CHANNELS_LAST = "channels_last"     # the checkpoint's record of the layout the run trained in
+AMP = "amp"                         # ... and of its autocast dtype: fp32, bf16 or fp16 (precision.DTYPE_NAMES)
 
 
 class TrainingDiverged(UserError):
@@ -177,10 +178,12 @@ class _Clock:
     images: int = 0
 
 
-def _setup(run: RunConfig, data: TrainingData, model: nn.Module | None, *, layout: bool | None = None) -> _Setup:
+def _setup(run: RunConfig, data: TrainingData, model: nn.Module | None, *, resumed: dict[str, Any] | None = None,
+           chosen_layout: tuple[bool, str] | None = None) -> _Setup:
     """Pick device, autocast dtype and layout; build (seeded) or adopt the model; move model and data there.
 
-    layout: the channels_last of the run being resumed, used when train.channels_last is null.
+    resumed: the checkpoint of the run being resumed, whose layout and dtype are kept where the settings are auto.
+    chosen_layout: (channels_last, why) decided for the run elsewhere, used on a CPU where train.channels_last is null.
     """
     t = run.train
     if t.num_threads:
@@ -188,6 +191,9 @@ def _setup(run: RunConfig, data: TrainingData, model: nn.Module | None, *, layou
     device = resolve_device(t)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
+        # cuDNN times its kernels in each process and keeps the fastest, so on a GPU two runs, or a resumed run
+        # and an uninterrupted one, may convolve with different algorithms and differ in the last bits. On a CPU
+        # resume is bitwise (tests/test_train.py).
         torch.backends.cudnn.benchmark = True
     if model is None:
         from ..net.model import build_model
@@ -197,8 +203,10 @@ def _setup(run: RunConfig, data: TrainingData, model: nn.Module | None, *, layou
         model = build_model(run.model)
     model = model.to(device)
     shape = (min(t.batch_size, data.num_train), data.in_channels, data.image_size, data.image_size)
+    resumed = resumed or {}
     precision = resolve_precision(t.amp, t.channels_last, device, model=model, input_shape=shape,
-                                  num_classes=data.num_classes, resumed_layout=layout)
+                                  num_classes=data.num_classes, resumed_layout=resumed.get(CHANNELS_LAST),
+                                  resumed_amp=resumed.get(AMP), chosen_layout=chosen_layout)
     amp, channels_last = precision.amp, precision.channels_last
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
@@ -251,7 +259,7 @@ def _checkpoint_state(s: _Setup, run: RunConfig, history: list[dict[str, Any]]) 
     last = history[-1]
     state = {"model": s.model.state_dict(), "optimizer": s.optimizer.state_dict(), "epoch": last[EPOCH],
              "lr": last[LR], "rng": rng_state(), "history": history, CHANNELS_LAST: s.channels_last,
-             "config": run.model_dump(mode="json")}
+             AMP: DTYPE_NAMES[s.amp], "config": run.model_dump(mode="json")}
     if s.scaler is not None:
         state["scaler"] = s.scaler.state_dict()
     return state
@@ -279,11 +287,14 @@ def fit(run: RunConfig, data: TrainingData, *, callback: Callable[[dict], Any] |
         model: nn.Module | None = None,
         on_batch: Callable[[int, int, int, float | None], None] | None = None,
         eval_batch_size: int | None = None,
-        on_start: Callable[[dict[str, Any]], None] | None = None) -> FitResult:
+        on_start: Callable[[dict[str, Any]], None] | None = None,
+        layout: tuple[bool, str] | None = None) -> FitResult:
     """Train under the paper protocol, epoch by epoch; callback(metrics) after each (return "stop" to stop).
 
     on_batch(epoch, step, steps, loss) is called after each step (loss every 10 steps, else None).
     on_start(precision) is called once the dtype and layout are chosen (Precision.record()), before training.
+    layout: (channels_last, why) decided elsewhere (a search's study), instead of a probe on a CPU when
+    train.channels_last is null. A resumed run keeps the layout and dtype of its checkpoint where the settings are auto.
     Times in seconds, images/s of the training loop only. final=True needs data loaded with final=True:
     there is no validation then; the test split is evaluated once, after the last epoch.
     """
@@ -295,8 +306,8 @@ def fit(run: RunConfig, data: TrainingData, *, callback: Callable[[dict], Any] |
     ck = None
     if resume and checkpoint_path is not None and Path(checkpoint_path).exists():
         ck = load_checkpoint(checkpoint_path, resolve_device(t))
-    # A resumed run keeps the layout it started in (the probe might choose the other one this time).
-    s = _setup(run, data, model, layout=ck.get(CHANNELS_LAST) if ck else None)
+    # A resumed run keeps the layout and dtype it started in (this node's probe or hardware may answer otherwise).
+    s = _setup(run, data, model, resumed=ck, chosen_layout=layout)
     if on_start is not None:
         on_start(s.precision.record())
     start, history = 0, []
