@@ -54,7 +54,7 @@ def test_a_search_on_a_two_node_cluster_with_s3_storage_survives_a_killed_driver
     with s3_server() as s3, two_node_cluster(hidden=[REPO, tmp_path], env=s3.env, worker_cpus=2) as cluster:
         s3.make_bucket("dsearch")
         storage_path = s3.uri("dsearch", "searches")
-        env = {**cluster.env, "DSEARCH_LEASE_TIMEOUT_S": "3"}
+        env = dict(cluster.env)
         env.pop("RAY_ADDRESS", None)          # dsearch must join through --ray-address, not the environment
         cluster_args = ["--ray-address", cluster.address, "--quiet"]
 
@@ -92,7 +92,8 @@ def test_a_search_on_a_two_node_cluster_with_s3_storage_survives_a_killed_driver
         finished = {n: t for n, t in before.items() if t.state.is_finished()}
         interrupted = [t for t in before.values() if t.state == TrialState.RUNNING]
         assert len(interrupted) == 1 and finished
-        time.sleep(3.5)                                  # the killed driver's lease expires
+        # The killed driver's lease is taken over at once: its pid no longer runs (this is one machine; from
+        # another host it would be once its heartbeat stood still for DSEARCH_LEASE_TIMEOUT_S, tests/test_lock.py).
 
         # Continue from another study folder (as from another machine): same database, same trial storage.
         again = _dsearch(["run", space, "--study-dir", tmp_path / "second", *run_args], env)
@@ -142,4 +143,4 @@ def test_a_search_on_a_two_node_cluster_with_s3_storage_survives_a_killed_driver
         assert dsearch.load_model(out).features is not None
         assert (out / "trial.json").read_text().count(best.user_attrs["checkpoint"]) == 1
     print(f"two-node test: {time.time() - t0:.0f} s")
-    assert time.time() - t0 < 180
+    assert time.time() - t0 < 600           # a hang guard: 57 s on this project's 2-core hosts

@@ -148,7 +148,8 @@ def test_a_search_interrupted_after_a_rung_decision_and_killed_between_rungs_dec
     found = trials(url)
     first = found[victim.number]
     assert first.state == TrialState.FAIL and first.user_attrs["fail_reason"] == "interrupted"
-    assert first.user_attrs["epochs_trained"] == 2, "interrupted after its rung decision, before the next epoch"
+    # Seen at epoch 2 after its rung decision (it went on); the signal lands within that epoch or the next.
+    assert first.user_attrs["epochs_trained"] in (2, 3), first.user_attrs["curve"]
     assert found[-1].state == TrialState.WAITING and found[-1].user_attrs["requeued_from"] == victim.number
 
     # The driver killed (SIGKILL, with every process it started) between the two rungs, at epoch 3.
@@ -183,8 +184,9 @@ def test_a_search_interrupted_after_a_rung_decision_and_killed_between_rungs_dec
     assert ours["model"].keys() == theirs["model"].keys()
     assert all(torch.equal(ours["model"][k], theirs["model"][k]) for k in theirs["model"])
     # The epochs before the interruption kept their measured times; the layout and dtype the line started in.
-    assert [h["epoch_time"] for h in ours["history"][:2]] == \
-        [h["epoch_time"] for h in load_checkpoint(first.user_attrs["checkpoint"])["history"][:2]]
+    before = load_checkpoint(first.user_attrs["checkpoint"])["history"]
+    assert len(before) >= 2 and [h["epoch_time"] for h in ours["history"][:len(before)]] == \
+        [h["epoch_time"] for h in before]
     assert last.user_attrs["precision"] == first.user_attrs["precision"]
     assert ours["channels_last"] == ("channels_last" in first.user_attrs["precision"])
 

@@ -87,9 +87,13 @@ def test_tiny_search_records_complete_pruned_and_rejected_trials(tmp_path):
     from optuna_dashboard._storage import get_studies
     storage = optuna.storages.RDBStorage(f"sqlite:///{tmp_path}/study/study.db")
     assert [s.study_name for s in get_studies(storage)] == ["tiny"]
-    # Rerunning a finished study trains nothing more; a different space is refused.
-    again = dsearch("run", space, "--study-dir", tmp_path / "study", "--quiet")
+    # Rerunning a finished study trains nothing more, and starts no Ray (no new experiment folder); a different
+    # space is refused.
+    experiments = sorted((tmp_path / "study" / "ray").iterdir())
+    again = dsearch("run", space, "--study-dir", tmp_path / "study")
     assert again.returncode == 0 and st.counted_trials(study) == 6
+    assert "study tiny: nothing left to run (6 trials counted" in again.stdout
+    assert sorted((tmp_path / "study" / "ray").iterdir()) == experiments
     changed = tmp_path / "other.yaml"
     changed.write_text(space.read_text().replace("max_epochs: 3", "max_epochs: 4"))
     refused = dsearch("run", changed, "--study-dir", tmp_path / "study")
@@ -114,10 +118,10 @@ def test_killed_driver_resumes_with_interrupted_trials_requeued(tmp_path, reques
     study_dir = tmp_path / "study"
     if backend == "sqlite":
         url, extra, env = f"sqlite:///{study_dir}/study.db", [], None
-    else:   # a shared database that holds another study too; the killed driver's lease expires after 3 s
+    else:   # a shared database that holds another study too
         url = request.getfixturevalue("postgres_server").new_database("resume")
         optuna.create_study(study_name="other", storage=url)
-        extra, env = ["--storage", url], {**os.environ, "DSEARCH_LEASE_TIMEOUT_S": "3"}
+        extra, env = ["--storage", url], None
     proc = subprocess.Popen([sys.executable, "-m", "dsearch.cli", "run", str(space), "--study-dir", str(study_dir),
                              "--quiet", *extra], env=env, start_new_session=True, stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE)
@@ -138,8 +142,7 @@ def test_killed_driver_resumes_with_interrupted_trials_requeued(tmp_path, reques
     interrupted = [t for t in study.trials if t.state == TrialState.RUNNING]
     assert len(interrupted) == 1
     assert StudyLock(study_dir).holder() is None       # the dead driver's lock is stale
-    if backend == "postgresql":
-        time.sleep(3.5)                                 # and so, after its timeout, is its lease
+    # Its lease too (the default 60 s timeout, not waited for): its pid no longer runs on this machine.
 
     again = dsearch("run", space, "--study-dir", study_dir, "--quiet", *extra, env=env)
     assert again.returncode == 0, again.stderr

@@ -22,6 +22,8 @@ from .rungs import describe as describe_rungs
 from .storage import open_storage, storage_url
 
 if TYPE_CHECKING:
+    import optuna
+
     from .schema import SearchSpace
 
 
@@ -45,6 +47,11 @@ def run_study(space: "SearchSpace", study_dir: Path, storage: str | None, ray_ad
     with StudyLock(study_dir), _undo_failed_start(study_dir, created):
         if storage:
             lease = _check_lease(storage_url(study_dir, storage), space.name, say)   # before the slow start of Ray
+        done = _finished(space, storage, study_dir)
+        if done is not None:                  # nothing owed, nothing to requeue: no data, no Ray
+            say(f"study {space.name}: nothing left to run ({space.budget.num_samples} trials counted, as "
+                "budget.num_samples asks; raise it to search further)")
+            return st.summarize(done, time.time() - t0)
         data = load_data(space.data)          # errors (missing files) before Ray or the study start
         if not default_trials:                # a --storage-path this machine can't write: before Ray starts
             artifacts.remove(artifacts.write_probe(trials.location))
@@ -122,6 +129,27 @@ class _Stop:
 
     def __reduce__(self):   # Tune pickles the engine that holds this; a copy keeps no thread, no connection
         return (_Stop, (self.interruption, None))
+
+
+def _finished(space: "SearchSpace", storage: str | None, study_dir: Path) -> "optuna.Study | None":
+    """The study, if it exists and owes nothing: num_samples trials counted, none WAITING, none RUNNING (a killed
+    driver's RUNNING trials are requeued by a full run); else None. Creates nothing."""
+    import optuna
+    from optuna.trial import TrialState
+
+    from .storage import STUDY_DB
+
+    if storage is None and not (study_dir / STUDY_DB).exists():
+        return None
+    url = storage_url(study_dir, storage)
+    if space.name not in [s.study_name for s in open_storage(url).get_all_studies()]:
+        return None
+    study = optuna.load_study(study_name=space.name, storage=url)
+    if st.counted_trials(study) < space.budget.num_samples:
+        return None
+    if any(t.state in (TrialState.WAITING, TrialState.RUNNING) for t in study.get_trials(deepcopy=False)):
+        return None
+    return study
 
 
 def _check_lease(url: str, name: str, say: Callable[[str], None]) -> StudyLease | None:
