@@ -120,14 +120,24 @@ def test_the_same_space_run_again_with_one_trial_at_a_time_gives_an_identical_st
     assert [t.user_attrs["precision"] for t in second] == [t.user_attrs["precision"] for t in first]
 
 
+def shared_database(request, tmp_path: Path) -> str:
+    """A PostgreSQL database that holds another study too (the test server; in CI always), else SQLite beside."""
+    try:
+        url = request.getfixturevalue("postgres_server").new_database("rerun")
+    except pytest.skip.Exception:
+        url = f"sqlite:///{tmp_path / 'shared.db'}"
+    optuna.create_study(study_name="other", storage=url)
+    return url
+
+
 def test_a_search_interrupted_after_a_rung_decision_and_killed_between_rungs_decides_as_if_never_stopped(
-        reference, tmp_path):
+        reference, tmp_path, request):
     """The study in a database other hosts could reach (--storage: the lease applies), run from a folder; Ctrl-C
     right after a rung decision, then the driver killed between two rungs, then run to the end."""
     from dsearch.training.checkpoint import load_checkpoint
 
     space, study_dir, _ = reference
-    resumed, url = tmp_path / "resumed", f"sqlite:///{tmp_path / 'shared.db'}"
+    resumed, url = tmp_path / "resumed", shared_database(request, tmp_path)
     proc = start(space, resumed, "--storage", url)
     try:
         assert wait_for(lambda: running_at(url), 180), "no trial got going"
@@ -173,6 +183,7 @@ def test_a_search_interrupted_after_a_rung_decision_and_killed_between_rungs_dec
         assert len(requeued) == 1 and requeued[0].params == t.params
         assert requeued[0].user_attrs["seed"] == t.user_attrs["seed"]
     assert st.counted_trials(optuna.load_study(study_name="rerun", storage=url)) == 6
+    assert optuna.get_all_study_names(url) == ["other", "rerun"]         # the database's other study untouched
     # Same trials, same states, same epochs, same curves and seeds as the search that was never stopped ...
     reference_trials = trials(url_of(study_dir))
     assert decisions(found) == decisions(reference_trials)
