@@ -183,10 +183,11 @@ class Engine:
         """A proposal for a valid, within-budget, admitted sample; else the trial is told FAIL (None)."""
         from ..net.cost import count_macs, count_params
 
+        trials = self.study.get_trials(deepcopy=False)      # one read: the seed's line index, the line's root
         try:
             run = resolve(self.space, trial.params)
             if "train.seed" not in self.space.fixed and "train.seed" not in sampled:
-                run.train.seed = st.line_index(self.study.get_trials(deepcopy=False), trial.number)
+                run.train.seed = st.line_index(trials, trial.number)
             if self.num_threads:
                 run.train.num_threads = self.num_threads
             params = count_params(run.model)
@@ -207,7 +208,7 @@ class Engine:
         if absent:
             self._reject(trial, "not_in_table", absent, attrs)
             return None
-        line = st.lineages(self.study.get_trials(deepcopy=False))[old.number] if old is not None else trial.number
+        line = st.lineages(trials)[old.number] if old is not None else trial.number
         proposal = {"run": run.model_dump(mode="json"), PARAMS: params, MACS: macs, "trial": trial.number,
                     LINE: line}
         checkpoint = old.user_attrs.get(st.CHECKPOINT) if old is not None else None
