@@ -86,3 +86,172 @@ def count_macs(config: ModelConfig | str, input_size: tuple[int, int, int] | Non
                **overrides: Any) -> int:
     """Multiply-accumulates at batch 1 (convs + linear); input_size (C, H, W), stem default."""
     return sum(s.macs for s in stages(resolve_config(config, **overrides), input_size))
+
+
+# ---- training memory -------------------------------------------------------------------------------------------
+
+DTYPES = {"fp32": 4, "bf16": 2, "fp16": 2}     # activation bytes per element under each autocast dtype
+LOW_PRECISION_COPY = 2                          # a conv or linear weight cast by autocast, saved for backward
+
+
+class Memory(NamedTuple):
+    """Training memory of one step (bytes), closed form; see count_memory."""
+
+    saved_bytes: int        # what autograd saves for backward: unique storages, not parameters or buffers
+    state_bytes: int        # parameters, gradients, optimizer state (momentum) and BN buffers
+    peak_bytes: int         # estimate of the step's peak: state + batch + saved alive + the largest transient
+    batch_bytes: int        # the batch (fp32 images, int64 labels) where not already counted in saved_bytes
+
+
+class _Op(NamedTuple):
+    """One stage of the step in forward order: the storages it saves, and what its backward adds at once."""
+
+    saved: int
+    backward: int           # at its backward's largest: transient bytes, less its own saved bytes freed by then
+
+
+def count_memory(config: ModelConfig | str, input_size: tuple[int, int, int] | None = None, batch_size: int = 64,
+                 dtype: str = "fp32", memory_efficient: bool | None = None, *, device: str = "cpu",
+                 channels_last: bool = False, label_smoothing: bool = False, momentum: bool = True) -> Memory:
+    """Bytes of one training step (SGD, cross-entropy), without building the network.
+
+    saved_bytes is exact: it equals the unique storages that autograd saves (torch.autograd.graph.saved_tensors_hooks)
+    for model(x) under autocast `dtype` and F.cross_entropy(out.float(), y), parameters and buffers excluded. The
+    paper's quadratic term is here: in the normal path every dense layer saves its concatenated input and its
+    BN-ReLU output; the memory-efficient path (Pleiss et al. 2017) saves each feature map once, and BN statistics.
+    device: "cuda" saves dropout masks as bytes (native_dropout), "cpu" saves the noise in the activation dtype.
+    state_bytes: parameters, their gradients and (momentum=True) SGD's momentum buffers in fp32, and BN buffers.
+    peak_bytes: state + batch + the most the step has alive at once, walking backward through the network with
+    each stage's saved tensors still alive and its transient (gradients of its input and output, and in the
+    efficient path the recomputed concatenation and BN-ReLU maps) on top: an estimate, not a bound.
+    """
+    c = resolve_config(config)
+    if dtype not in DTYPES:
+        raise ConfigError(f"dtype {dtype!r}: expected one of {', '.join(DTYPES)}")
+    if batch_size < 1:
+        raise ConfigError(f"batch_size must be ≥ 1, got {batch_size}")
+    efficient = c.memory_efficient if memory_efficient is None else memory_efficient
+    rows = stages(c, input_size)               # checks the input and the spatial sizes
+    cin, h, w = tuple(input_size or c.default_input_size())
+    ops = _ops(c, cin, h, w, batch_size, DTYPES[dtype], dtype != "fp32", efficient, device == "cpu", device == "cuda",
+               device == "cpu" and not channels_last, label_smoothing)
+    params = sum(s.params for s in rows)
+    n_bn = sum(1 for _ in _bn_channels(c))
+    buffers = 2 * 4 * sum(_bn_channels(c)) + 8 * n_bn          # running mean and var (fp32), num_batches_tracked
+    state = params * 4 * (3 if momentum else 2) + buffers
+    images = batch_size * cin * h * w * 4
+    batch = batch_size * 8 + (images if dtype != "fp32" else 0)  # fp32: the images are saved (conv0's input)
+    saved = sum(op.saved for op in ops)
+    alive, peak = saved, saved
+    for op in reversed(ops):          # backward: this op's saved tensors are still alive while it runs
+        peak = max(peak, alive + op.backward)
+        alive -= op.saved
+    return Memory(saved, state, state + batch + peak, batch)
+
+
+def _bn_channels(c: ModelConfig):
+    """Channels of every BatchNorm2d, in forward order."""
+    m = c.init_features
+    if c.stem == "imagenet":
+        yield m
+    last = len(c.block_layers) - 1
+    for i, (n, k) in enumerate(zip(c.block_layers, c.growth_rates)):
+        for j in range(n):
+            yield m + j * k
+            if c.bottleneck:
+                yield c.bottleneck_width * k
+        m += n * k
+        if i < last:
+            yield m
+            m = int(c.compression * m)
+    yield m
+
+
+def _ops(c: ModelConfig, cin: int, h: int, w: int, batch: int, act: int, amp: bool, efficient: bool,
+         cpu: bool, cuda: bool, reorders: bool, label_smoothing: bool) -> list[_Op]:
+    """The stages of one training step with what each saves (see count_memory); act: activation bytes/element."""
+    b = batch
+    drop = c.dropout > 0
+    noise = 1 if cuda else act                      # the normal path's dropout: a mask (CUDA) or the noise (CPU)
+    copy = LOW_PRECISION_COPY if amp else 0         # autocast's saved low-precision weight copy, per weight
+
+    def maps(ch: int, hh: int, ww: int, size: int = act) -> int:
+        return b * ch * hh * ww * size
+
+    def stats(ch: int) -> int:
+        return 2 * ch * 4                           # BN's saved batch mean and invstd, fp32
+
+    def scratch(ch: int, hh: int, ww: int) -> int:
+        # oneDNN on a CPU reorders a contiguous (NCHW) conv's input and gradient into its blocked layout.
+        return maps(ch, hh, ww) if reorders else 0
+
+    def recomputed(ch: int, hh: int, ww: int) -> int:
+        # A channels_last CPU conv backward on the efficient path's recomputed input copies it once (measured).
+        return maps(ch, hh, ww) if cpu and not reorders else 0
+
+    ops: list[_Op] = []
+    m = c.init_features
+    # Stem: conv0 saves its input (the images, or autocast's low-precision copy of them) and its weight copy.
+    if c.stem == "imagenet":
+        h1, w1 = _conv_out(h, 7, 2, 3), _conv_out(w, 7, 2, 3)
+        h2, w2 = _conv_out(h1, 3, 2, 1), _conv_out(w1, 3, 2, 1)
+        saved = (maps(cin, h, w) + copy * 49 * cin * m + 2 * maps(m, h1, w1) + stats(m)
+                 + maps(m, h2, w2, 8))              # norm0's input, relu0's output, the max-pool's int64 indices
+        ops.append(_Op(saved, 2 * maps(m, h1, w1) + scratch(cin + m, h1, w1)))
+        h, w = h2, w2
+    else:
+        ops.append(_Op(maps(cin, h, w) + copy * 9 * cin * m, maps(m, h, w) + scratch(cin + m, h, w)))
+    last = len(c.block_layers) - 1
+    for i, (n, k) in enumerate(zip(c.block_layers, c.growth_rates)):
+        inter = c.bottleneck_width * k
+        first = c.bottleneck and inter or k          # channels of the layer's first conv
+        for j in range(n):
+            mj = m + j * k
+            g = first                               # the gradient into the first conv's output
+            held = maps(mj + k, h, w)                    # gradients of the layer's input features and its output
+            if efficient:
+                # Each feature map once (the block input at the first layer, else the previous layer's output),
+                # BN statistics, dropout masks (bool), and the bottleneck conv's output.
+                saved = (maps(m if j == 0 else k, h, w) + stats(mj) + (maps(first, h, w, 1) if drop else 0))
+                if c.bottleneck:
+                    saved += maps(inter, h, w) + stats(inter) + (maps(k, h, w, 1) if drop else 0)
+                # Backward recomputes the concatenation and BN-ReLU (x, r1), then the first conv's backward makes
+                # the gradient of r1 (and, on a CPU in the contiguous layout, reorders its input and gradient).
+                back = held + maps(3 * mj + g, h, w) + scratch(mj + g, h, w) + recomputed(mj, h, w)
+                if c.bottleneck:
+                    back = max(back, held + maps(2 * inter + k, h, w) + scratch(inter + k, h, w))
+            else:
+                # norm1 saves the (concatenated) input, relu1/conv1 its output; conv1 the weight copy.
+                noise1 = maps(first, h, w, noise) if drop else 0
+                noise2 = maps(k, h, w, noise) if drop and c.bottleneck else 0
+                saved = 2 * maps(mj, h, w) + stats(mj) + copy * mj * first * (1 if c.bottleneck else 9) + noise1
+                tail = noise2                        # what the layer's backward frees before conv1's backward
+                if c.bottleneck:
+                    tail += 2 * maps(inter, h, w) + stats(inter) + copy * inter * k * 9
+                saved += tail
+                back = held + maps(mj + g, h, w) + scratch(mj + g, h, w) - tail - noise1
+                if c.bottleneck:
+                    back = max(back, held + maps(inter + k, h, w) + scratch(inter + k, h, w) - noise2)
+            ops.append(_Op(saved, back))
+        m += n * k
+        if i < last:
+            t = int(c.compression * m)
+            held = maps(t, h // 2, w // 2)               # the gradient of the transition's output
+            if efficient:
+                # The last layer's output (the only feature not saved by a layer), statistics, the dropout mask.
+                saved = maps(k, h, w) + stats(m) + (maps(t, h, w, 1) if drop else 0)
+                # x, r, the gradient of r; the pool's gradient
+                back = held + maps(3 * m + t, h, w) + scratch(m + t, h, w) + recomputed(m, h, w)
+            else:
+                # The pool's input and the dropout noise are freed before the conv's backward runs.
+                tail = maps(t, h, w) + (maps(t, h, w, noise) if drop else 0)
+                saved = 2 * maps(m, h, w) + stats(m) + copy * m * t + tail
+                back = held + maps(m + t, h, w) + scratch(m + t, h, w) - tail
+            ops.append(_Op(saved, back))
+            h, w, m = h // 2, w // 2, t
+    # Head: norm5 saves the concatenated block output, relu/pool its output; the linear saves the pooled
+    # features and its weight copy; cross-entropy saves log-softmax (fp32), the labels and its total weight.
+    saved = (2 * maps(m, h, w) + stats(m) + maps(m, 1, 1) + copy * m * c.num_classes
+             + b * c.num_classes * 4 + b * 8 + 4 + ((b + 8) if label_smoothing else 0))
+    ops.append(_Op(saved, maps(2 * m, h, w)))
+    return ops

@@ -155,19 +155,18 @@ class _EfficientDenseLayer(torch.autograd.Function):
                 out = _apply_mask(out, mask2, p)
                 saved += [d1, mean2, invstd2]
         ctx.layer, ctx.n, ctx.p, ctx.dt = layer, n, p, dt
-        ctx.masks = (mask1, mask2)
         ctx.bn_training = (train1, train2)
         ctx.feat_dtypes = [f.dtype for f in feats]
-        ctx.save_for_backward(*feats, *saved)
+        # The masks go through save_for_backward too (None when no dropout), so saved-tensor hooks see them.
+        ctx.save_for_backward(*feats, *saved, mask1, mask2)
         return out
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor):
         layer, n, p, dt = ctx.layer, ctx.n, ctx.p, ctx.dt
-        mask1, mask2 = ctx.masks
         train1, train2 = ctx.bn_training
         saved = ctx.saved_tensors
-        feats, rest = saved[:n], saved[n:]
+        feats, rest, (mask1, mask2) = saved[:n], saved[n:-2], saved[-2:]
         mean1, invstd1, g1, b1, w1 = rest[:5]
         dev = grad.device.type
         grads_params: list = []
@@ -212,23 +211,23 @@ class _EfficientTransition(torch.autograd.Function):
             mask = _dropout_mask(out, p)
             ctx.conv_shape = out.shape
             out = trans.pool(_apply_mask(out, mask, p))
-        ctx.trans, ctx.n, ctx.p, ctx.dt, ctx.mask, ctx.bn_training = trans, n, p, dt, mask, bn_training
+        ctx.trans, ctx.n, ctx.p, ctx.dt, ctx.bn_training = trans, n, p, dt, bn_training
         ctx.feat_dtypes = [f.dtype for f in feats]
-        ctx.save_for_backward(*feats, mean, invstd, g, b, w)
+        ctx.save_for_backward(*feats, mean, invstd, g, b, w, mask)
         return out
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor):
         trans, n, p, dt = ctx.trans, ctx.n, ctx.p, ctx.dt
         saved = ctx.saved_tensors
-        feats, (mean, invstd, g, b, w) = saved[:n], saved[n:]
+        feats, (mean, invstd, g, b, w, mask) = saved[:n], saved[n:]
         pool = trans.pool
         with torch.autocast(grad.device.type, enabled=False):
             shape_only = grad.new_empty(ctx.conv_shape)
             g_c = aten.avg_pool2d_backward(grad, shape_only, [pool.kernel_size] * 2, [pool.stride] * 2,
                                            [pool.padding] * 2, pool.ceil_mode, pool.count_include_pad, None)
             del shape_only
-            g_c = _apply_mask(g_c, ctx.mask, p)
+            g_c = _apply_mask(g_c, mask, p)
             x = _concat(feats)
             r = _bn_recompute(trans.norm, x, g, b, mean, invstd, ctx.bn_training).relu_()
             g_r, g_w = _conv_backward(trans.conv, g_c, r, w, dt, True)
