@@ -48,3 +48,40 @@ def test_bad_input_is_one_line_exit_2_no_traceback(args, text):
     assert code == 2
     assert err.startswith("dsearch: error: ") and text in err
     assert err.count("\n") == 1 and "Traceback" not in err
+
+
+def test_model_json_gives_training_memory_of_the_chosen_path(capsys):
+    from dsearch.net.cost import count_memory
+
+    assert main(["model", "densenet_bc100_k12", "--batch", "64", "--json"]) == 0
+    normal = json.loads(capsys.readouterr().out)
+    assert main(["model", "densenet_bc100_k12", "--batch", "64", "--memory-efficient", "--dtype", "bf16",
+                 "--json"]) == 0
+    efficient = json.loads(capsys.readouterr().out)
+    expected = count_memory("densenet_bc100_k12", batch_size=64, device="cuda", channels_last=True)
+    assert normal["memory"]["saved_bytes"] == expected.saved_bytes
+    assert (normal["memory"]["state_bytes"], normal["memory"]["peak_bytes"]) == expected[1:3]
+    assert sum(s["saved_bytes"] for s in normal["stages"]) == expected.saved_bytes
+    assert efficient["memory"]["memory_efficient"] and efficient["memory"]["dtype"] == "bf16"
+    assert efficient["memory"]["saved_bytes"] == count_memory(
+        "densenet_bc100_k12", batch_size=64, dtype="bf16", memory_efficient=True, device="cuda").saved_bytes
+    # The efficient path in bf16 keeps under a tenth of what the normal path keeps in fp32.
+    assert efficient["memory"]["saved_bytes"] < normal["memory"]["saved_bytes"] / 10
+
+
+def test_model_table_has_a_training_memory_line():
+    code, out, _ = run("model", "densenet40_k12", "--batch", "32", "--device", "cpu")
+    assert code == 0
+    line = " ".join(out.split())
+    assert "training memory (batch 32, fp32, normal path, cpu): saved for backward" in line and "peak ≈" in line
+
+
+@pytest.mark.parametrize("args, text", [
+    (["model", "densenet40_k12", "--batch", "0"], "--batch 0: must be ≥ 1"),
+    (["model", "densenet40_k12", "--dtype", "bf61"], "--dtype 'bf61': expected one of fp32, bf16, fp16"),
+    (["model", "densenet40_k12", "--device", "tpu"], "--device 'tpu': expected cuda or cpu"),
+])
+def test_bad_memory_options_are_one_line_errors(args, text, capsys):
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("dsearch: error: ") and text in err and err.count("\n") == 1

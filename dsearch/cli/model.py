@@ -10,7 +10,7 @@ import typer
 from ..errors import UserError, did_you_mean
 from ..metrics import MACS, PARAMS
 from ..net.config import ModelConfig
-from ..net.cost import stages
+from ..net.cost import DTYPES, count_memory, stages
 from ..net.presets import PRESETS, get_preset
 from .app import app, parse_sets
 
@@ -47,18 +47,33 @@ def model_config(preset: str | None, overrides: dict[str, Any]) -> ModelConfig:
     return get_preset(preset).with_overrides(**fields)
 
 
-def summary(config: ModelConfig, input_size: tuple[int, int, int] | None = None) -> dict:
-    """The config, the stage table and the totals (params, MACs, FLOPs = 2 × MACs)."""
+def summary(config: ModelConfig, input_size: tuple[int, int, int] | None = None, *, batch: int = 64,
+            dtype: str = "fp32", device: str = "cuda") -> dict:
+    """The config, the stage table and the totals (params, MACs, FLOPs = 2 × MACs), and training memory at a batch."""
     size = tuple(input_size or config.default_input_size())
     rows = stages(config, size)
     params = sum(s.params for s in rows)
     macs = sum(s.macs for s in rows)
+    mem = count_memory(config, size, batch, dtype, device=device, channels_last=device == "cuda")
+    table = [{**s._asdict(), "saved_bytes": saved} for s, saved in zip(rows, mem.stage_saved)]
+    memory = {"batch_size": batch, "dtype": dtype, "device": device, "memory_efficient": config.memory_efficient,
+              "saved_bytes": mem.saved_bytes, "state_bytes": mem.state_bytes, "peak_bytes": mem.peak_bytes}
     return {"config": config.model_dump(mode="json"), "input_size": list(size),
-            "stages": [s._asdict() for s in rows], PARAMS: params, MACS: macs, "flops": 2 * macs}
+            "stages": table, PARAMS: params, MACS: macs, "flops": 2 * macs, "memory": memory}
+
+
+def format_bytes(n: float) -> str:
+    """1536 → '1.5 KiB' (binary units)."""
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if abs(n) < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TiB"
 
 
 def describe_command(preset: str | None, overrides: dict, input_text: str | None, as_json: bool,
-                     list_presets: bool) -> None:
+                     list_presets: bool, *, batch: int = 64, dtype: str = "fp32", memory_efficient: bool = False,
+                     device: str = "cuda") -> None:
     from rich.console import Console
     from rich.table import Table
 
@@ -67,8 +82,17 @@ def describe_command(preset: str | None, overrides: dict, input_text: str | None
         for name in PRESETS:
             console.print(name)
         return
+    if batch < 1:
+        raise UserError(f"--batch {batch}: must be ≥ 1")
+    if dtype not in DTYPES:
+        raise UserError(f"--dtype {dtype!r}: expected one of {', '.join(DTYPES)}{did_you_mean(dtype, DTYPES)}")
+    if device not in ("cuda", "cpu"):
+        raise UserError(f"--device {device!r}: expected cuda or cpu")
     config = model_config(preset, overrides)
-    info = summary(config, parse_input_size(input_text) if input_text else None)
+    if memory_efficient:
+        config = config.with_overrides(memory_efficient=True)
+    info = summary(config, parse_input_size(input_text) if input_text else None, batch=batch, dtype=dtype,
+                   device=device)
     if as_json:
         print(json.dumps(info, indent=2))
         return
@@ -76,16 +100,21 @@ def describe_command(preset: str | None, overrides: dict, input_text: str | None
     title = (f"{preset or 'DenseNet'}: {c.variant or ''} L={c.depth} k={c.growth_rate} "
              f"blocks={list(c.block_layers)} θ={c.compression} stem={c.stem}").replace("  ", " ")
     table = Table(title=title)
-    for col in ("stage", "output", "layers", "channels in → out", "params", "MACs"):
+    mem = info["memory"]
+    for col in ("stage", "output", "layers", "channels in → out", "params", "MACs", "saved for backward"):
         table.add_column(col, justify="left" if col == "stage" else "right")
     for s in info["stages"]:
         h, w = s["size"]
         table.add_row(s["name"], f"{h}×{w}", str(s["layers"]), f"{s['in_channels']} → {s['out_channels']}",
-                      f"{s['params']:,}", f"{s['macs']:,}")
+                      f"{s['params']:,}", f"{s['macs']:,}", format_bytes(s["saved_bytes"]))
     console.print(table)
     size = "x".join(map(str, info["input_size"]))
     console.print(f"params: {info[PARAMS]:,}   MACs (multiply-accumulates, batch 1, input {size}): "
                   f"{info[MACS]:,}   FLOPs (2 × MACs): {info['flops']:,}")
+    path = "memory-efficient" if mem["memory_efficient"] else "normal"
+    console.print(f"training memory (batch {mem['batch_size']}, {mem['dtype']}, {path} path, {mem['device']}): "
+                  f"saved for backward {format_bytes(mem['saved_bytes'])}, parameters + gradients + momentum "
+                  f"{format_bytes(mem['state_bytes'])}, peak ≈ {format_bytes(mem['peak_bytes'])}")
 
 
 @app.command()
@@ -95,6 +124,12 @@ def model(
     input: Optional[str] = typer.Option(None, "--input", help="input size CxHxW, e.g. 3x32x32"),
     as_json: bool = typer.Option(False, "--json", help="print JSON instead of a table"),
     list_: bool = typer.Option(False, "--list", help="list the presets"),
+    batch: int = typer.Option(64, "--batch", help="training batch size for the memory estimate"),
+    dtype: str = typer.Option("fp32", "--dtype", help="autocast dtype for the memory estimate: fp32, bf16, fp16"),
+    memory_efficient: bool = typer.Option(False, "--memory-efficient",
+                                          help="the memory-efficient path (recompute concat/BN/ReLU in backward)"),
+    device: str = typer.Option("cuda", "--device", help="cuda (channels_last) or cpu (contiguous, oneDNN)"),
 ) -> None:
-    """Architecture, channel schedule, params and MACs of a DenseNet."""
-    describe_command(preset, parse_sets(set_), input, as_json, list_)
+    """Architecture, channel schedule, params, MACs and training memory of a DenseNet."""
+    describe_command(preset, parse_sets(set_), input, as_json, list_, batch=batch, dtype=dtype,
+                     memory_efficient=memory_efficient, device=device)

@@ -101,6 +101,7 @@ class Memory(NamedTuple):
     state_bytes: int        # parameters, gradients, optimizer state (momentum) and BN buffers
     peak_bytes: int         # estimate of the step's peak: state + batch + saved alive + the largest transient
     batch_bytes: int        # the batch (fp32 images, int64 labels) where not already counted in saved_bytes
+    stage_saved: tuple[int, ...] = ()    # saved_bytes by row of stages() (stem, blocks, transitions, head)
 
 
 class _Op(NamedTuple):
@@ -108,6 +109,7 @@ class _Op(NamedTuple):
 
     saved: int
     backward: int           # at its backward's largest: transient bytes, less its own saved bytes freed by then
+    stage: int              # index of its row in stages()
 
 
 def count_memory(config: ModelConfig | str, input_size: tuple[int, int, int] | None = None, batch_size: int = 64,
@@ -146,7 +148,10 @@ def count_memory(config: ModelConfig | str, input_size: tuple[int, int, int] | N
     for op in reversed(ops):          # backward: this op's saved tensors are still alive while it runs
         peak = max(peak, alive + op.backward)
         alive -= op.saved
-    return Memory(saved, state, state + batch + peak, batch)
+    by_stage = [0] * len(rows)
+    for op in ops:
+        by_stage[op.stage] += op.saved
+    return Memory(saved, state, state + batch + peak, batch, tuple(by_stage))
 
 
 def _bn_channels(c: ModelConfig):
@@ -197,10 +202,10 @@ def _ops(c: ModelConfig, cin: int, h: int, w: int, batch: int, act: int, amp: bo
         h2, w2 = _conv_out(h1, 3, 2, 1), _conv_out(w1, 3, 2, 1)
         saved = (maps(cin, h, w) + copy * 49 * cin * m + 2 * maps(m, h1, w1) + stats(m)
                  + maps(m, h2, w2, 8))              # norm0's input, relu0's output, the max-pool's int64 indices
-        ops.append(_Op(saved, 2 * maps(m, h1, w1) + scratch(cin + m, h1, w1)))
+        ops.append(_Op(saved, 2 * maps(m, h1, w1) + scratch(cin + m, h1, w1), 0))
         h, w = h2, w2
     else:
-        ops.append(_Op(maps(cin, h, w) + copy * 9 * cin * m, maps(m, h, w) + scratch(cin + m, h, w)))
+        ops.append(_Op(maps(cin, h, w) + copy * 9 * cin * m, maps(m, h, w) + scratch(cin + m, h, w), 0))
     last = len(c.block_layers) - 1
     for i, (n, k) in enumerate(zip(c.block_layers, c.growth_rates)):
         inter = c.bottleneck_width * k
@@ -232,7 +237,7 @@ def _ops(c: ModelConfig, cin: int, h: int, w: int, batch: int, act: int, amp: bo
                 back = held + maps(mj + g, h, w) + scratch(mj + g, h, w) - tail - noise1
                 if c.bottleneck:
                     back = max(back, held + maps(inter + k, h, w) + scratch(inter + k, h, w) - noise2)
-            ops.append(_Op(saved, back))
+            ops.append(_Op(saved, back, 2 * i + 1))
         m += n * k
         if i < last:
             t = int(c.compression * m)
@@ -247,11 +252,11 @@ def _ops(c: ModelConfig, cin: int, h: int, w: int, batch: int, act: int, amp: bo
                 tail = maps(t, h, w) + (maps(t, h, w, noise) if drop else 0)
                 saved = 2 * maps(m, h, w) + stats(m) + copy * m * t + tail
                 back = held + maps(m + t, h, w) + scratch(m + t, h, w) - tail
-            ops.append(_Op(saved, back))
+            ops.append(_Op(saved, back, 2 * i + 2))
             h, w, m = h // 2, w // 2, t
     # Head: norm5 saves the concatenated block output, relu/pool its output; the linear saves the pooled
     # features and its weight copy; cross-entropy saves log-softmax (fp32), the labels and its total weight.
     saved = (2 * maps(m, h, w) + stats(m) + maps(m, 1, 1) + copy * m * c.num_classes
              + b * c.num_classes * 4 + b * 8 + 4 + ((b + 8) if label_smoothing else 0))
-    ops.append(_Op(saved, maps(2 * m, h, w)))
+    ops.append(_Op(saved, maps(2 * m, h, w), 2 * last + 2))
     return ops
