@@ -27,12 +27,17 @@ WALL_TIME_S = "wall_time_s"
 TRAIN_TIME_S = "train_time_s"
 PEAK_MEMORY_BYTES = "peak_memory_bytes"
 
-# Closed-form costs of a network: trainable parameters, multiply-accumulates at batch 1.
+# Closed-form costs of a network: trainable parameters, multiply-accumulates at batch 1, and the predicted peak
+# bytes of one training step at the trial's batch, dtype and path (net/cost.count_memory).
 PARAMS = "params"
 MACS = "macs"
+MEMORY = "memory"
+MEASURED_PEAK_BYTES = "measured_peak_bytes"   # a trial's measured peak: CUDA's allocator, or a profiled CPU step
+MEMORY_EFFICIENT = "memory_efficient"         # the path train.memory_efficient chose (bool), and why
+MEMORY_WHY = "memory_why"
 
 # What a study may optimise.
-OBJECTIVE_METRICS = (VAL_ACC, VAL_LOSS, PARAMS, MACS)
+OBJECTIVE_METRICS = (VAL_ACC, VAL_LOSS, PARAMS, MACS, MEMORY)
 
 MAXIMIZE = "maximize"
 MINIMIZE = "minimize"

@@ -10,9 +10,10 @@ import pytest
 import yaml
 
 from dsearch.errors import ConfigError
-from dsearch.net import cost
 from dsearch.search.io import SpaceError, diff_spaces, dump_space, load_space, parse_space
-from dsearch.search.sampling import (check_constraints, decode_params, encode_params, resolve, seed_params,
+from dsearch.search import pricing
+from dsearch.search.pricing import check_constraints
+from dsearch.search.sampling import (decode_params, encode_params, resolve, seed_params,
                                      suggest)
 
 SPACES = Path(__file__).resolve().parents[1] / "spaces"
@@ -207,8 +208,8 @@ def test_unknown_param_in_resolve_is_refused():
 
 
 def test_constraints_report_what_is_over_budget(monkeypatch):
-    monkeypatch.setattr(cost, "count_params", lambda model: 150_000)
-    monkeypatch.setattr(cost, "count_macs", lambda model, input_size: 10 * input_size[0])
+    monkeypatch.setattr(pricing, "count_params", lambda model: 150_000)
+    monkeypatch.setattr(pricing, "count_macs", lambda model, input_size: 10 * input_size[0])
     space = load_space(SPACES / "quickstart.yaml")
     run = resolve(space, {"model.depth": 16})
     assert check_constraints(space, run) == "params 150,000 > constraints.max_params 100,000"

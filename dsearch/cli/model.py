@@ -10,7 +10,7 @@ import typer
 from ..errors import UserError, did_you_mean
 from ..metrics import MACS, PARAMS
 from ..net.config import ModelConfig
-from ..net.cost import DTYPES, count_memory, stages
+from ..net.cost import DTYPES, count_memory, format_bytes, stages
 from ..net.presets import PRESETS, get_preset
 from .app import app, parse_sets
 
@@ -60,15 +60,6 @@ def summary(config: ModelConfig, input_size: tuple[int, int, int] | None = None,
               "saved_bytes": mem.saved_bytes, "state_bytes": mem.state_bytes, "peak_bytes": mem.peak_bytes}
     return {"config": config.model_dump(mode="json"), "input_size": list(size),
             "stages": table, PARAMS: params, MACS: macs, "flops": 2 * macs, "memory": memory}
-
-
-def format_bytes(n: float) -> str:
-    """1536 → '1.5 KiB' (binary units)."""
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if abs(n) < 1024 or unit == "GiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n:.1f} TiB"
 
 
 def describe_command(preset: str | None, overrides: dict, input_text: str | None, as_json: bool,

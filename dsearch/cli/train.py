@@ -12,8 +12,8 @@ import typer
 from pydantic import ValidationError
 
 from ..errors import UserError, did_you_mean
-from ..metrics import (EPOCH, EPOCH_METRICS, EPOCH_TIME, IMAGES_PER_S, LR, MACS, PARAMS, PEAK_MEMORY_BYTES,
-                       TRAIN_LOSS, TRAIN_TIME_S, VAL_ACC, VAL_LOSS, WALL_TIME_S)
+from ..metrics import (EPOCH, EPOCH_METRICS, EPOCH_TIME, IMAGES_PER_S, LR, MACS, MEMORY_EFFICIENT, MEMORY_WHY, PARAMS,
+                       PEAK_MEMORY_BYTES, TRAIN_LOSS, TRAIN_TIME_S, VAL_ACC, VAL_LOSS, WALL_TIME_S)
 from ..net.config import ModelConfig
 from ..strict import format_validation_error
 from ..training.config import DATASETS, DataConfig, RunConfig, TrainConfig
@@ -258,7 +258,8 @@ def train_command(preset: str | None, dataset: str, sets: dict[str, Any], *, dat
         bar.on_epoch(metrics)
 
     def started(precision: dict[str, Any]) -> None:
-        bar.console.print(f"training in {precision['precision']} ({precision['precision_why']})")
+        bar.console.print(f"training in {precision['precision']} ({precision['precision_why']}); "
+                          f"memory-efficient path {'on' if precision[MEMORY_EFFICIENT] else 'off'} ({precision[MEMORY_WHY]})")
 
     with bar:
         result = fit(run, data, callback=callback, checkpoint_path=ckpt, resume=resume, final=final,

@@ -260,3 +260,48 @@ def _ops(c: ModelConfig, cin: int, h: int, w: int, batch: int, act: int, amp: bo
              + b * c.num_classes * 4 + b * 8 + 4 + ((b + 8) if label_smoothing else 0))
     ops.append(_Op(saved, maps(2 * m, h, w), 2 * last + 2))
     return ops
+
+
+FIT_MARGIN = 0.9        # memory_efficient auto: the normal path must fit in this fraction of the trial's share
+
+
+def format_bytes(n: float) -> str:
+    """1536 → '1.5 KiB' (binary units)."""
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if abs(n) < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} GiB"
+
+
+def choose_memory_path(config: ModelConfig, input_size: tuple[int, int, int], batch_size: int, dtype: str, *,
+                       setting: bool | str = "auto", share_bytes: int | None = None,
+                       limit_bytes: float | None = None, device: str = "cpu",
+                       channels_last: bool = False) -> tuple[bool, str, Memory]:
+    """`train.memory_efficient`: (efficient, why, the chosen path's Memory).
+
+    auto: the normal path when its predicted peak fits in FIT_MARGIN of the trial's share of its device and within
+    limit_bytes (constraints.max_memory), else the memory-efficient path (same function, ~15–20% slower steps).
+    A config with model.memory_efficient set explicitly keeps it. share_bytes None: the share is unknown (normal).
+    """
+    def memory(efficient: bool) -> Memory:
+        return count_memory(config, input_size, batch_size, dtype, efficient, device=device,
+                            channels_last=channels_last)
+
+    if setting != "auto":
+        return bool(setting), f"train.memory_efficient: {str(bool(setting)).lower()}", memory(bool(setting))
+    if "memory_efficient" in config.model_fields_set:
+        on = config.memory_efficient
+        return on, f"model.memory_efficient: {str(on).lower()}", memory(on)
+    normal = memory(False)
+    room = [(FIT_MARGIN * share_bytes, f"{FIT_MARGIN:.0%} of the trial's {format_bytes(share_bytes)} share")
+            ] if share_bytes else []
+    if limit_bytes is not None:
+        room.append((limit_bytes, f"constraints.max_memory {format_bytes(limit_bytes)}"))
+    over = [why for cap, why in room if normal.peak_bytes > cap]
+    if not over:
+        fits = f"fits in {room[0][1]}" if room else "the device's share is unknown"
+        return False, f"auto: normal path, peak ≈ {format_bytes(normal.peak_bytes)} ({fits})", normal
+    efficient = memory(True)
+    return True, (f"auto: memory-efficient path, the normal path's peak ≈ {format_bytes(normal.peak_bytes)} "
+                  f"exceeds {over[0]}; efficient ≈ {format_bytes(efficient.peak_bytes)}"), efficient

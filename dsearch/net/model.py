@@ -156,3 +156,12 @@ class DenseNet(nn.Module):
 def build_model(config: ModelConfig | str, **overrides: Any) -> DenseNet:
     """Build the DenseNet of a config or preset name (overrides are ModelConfig fields)."""
     return DenseNet(resolve_config(config, **overrides))
+
+
+def set_memory_efficient(model: nn.Module, on: bool) -> None:
+    """Switch a built DenseNet between the normal and the memory-efficient path (same parameters, same function)."""
+    for mod in model.modules():
+        if isinstance(mod, DenseLayer):
+            mod.memory_efficient = on
+        if isinstance(mod, DenseNet) and mod.config.memory_efficient != on:
+            mod.config = mod.config.with_overrides(memory_efficient=on)

@@ -23,11 +23,11 @@ from scipy.optimize import minimize
 from scipy.special import ndtr
 
 from ..errors import UserError
-from ..metrics import MAXIMIZE, VAL_ACC
+from ..metrics import MAXIMIZE, MEMORY, VAL_ACC
 from ..ranking import dominance
 from . import record as st
-from .sampling import (check_constraints, decode_params, encode_params, grid_params, grid_size, grid_values,
-                       input_size, resolve, same_value, suggest)
+from .pricing import over_budget, price
+from .sampling import decode_params, encode_params, grid_params, grid_size, grid_values, resolve, same_value, suggest
 from .schema import KNOWN_BEFORE_TRAINING
 from .table import config_key
 
@@ -39,7 +39,7 @@ if TYPE_CHECKING:
 
 GRID_CANDIDATES = 4096     # a finite space this small offers all its points as candidates
 MARGIN = 0.1               # the reference point lies this share of each range beyond the worst value
-COSTS = KNOWN_BEFORE_TRAINING      # params, MACs: the columns priced exactly
+COSTS = KNOWN_BEFORE_TRAINING      # params, MACs, memory: priced exactly (search/pricing.py)
 SQRT5 = math.sqrt(5.0)
 
 
@@ -251,13 +251,11 @@ def param_features(space: "SearchSpace", params: dict[str, Any]) -> list[float]:
     return row
 
 
-def _price(space: "SearchSpace", params: dict[str, Any]) -> tuple[int, int, bool] | None:
-    """(params, MACs, within the constraints) of a configuration; None if it doesn't resolve."""
-    from ..net.cost import count_macs, count_params
-
+def _price(space: "SearchSpace", params: dict[str, Any]) -> tuple[int, int, int, bool] | None:
+    """(params, MACs, memory, within the constraints) of a configuration; None if it doesn't resolve."""
     try:
-        run = resolve(space, params)
-        return count_params(run.model), count_macs(run.model, input_size(run.data)), not check_constraints(space, run)
+        cost = price(space, resolve(space, params))
+        return cost.params, cost.macs, cost.memory, not over_budget(space, cost)
     except UserError:
         return None
 
@@ -298,13 +296,15 @@ class CostAwareProposer:
         self.rng = np.random.default_rng(seed)
         self.index = space.metrics.index(space.trained_objectives[0])
         self.sign = 1.0 if space.objectives[self.index].direction == MAXIMIZE else -1.0
-        self.costs = [COSTS.index(o.metric) for o in space.objectives if o.metric in COSTS]
-        self.width = len(param_features(space, {})) + len(COSTS)
+        # The GP's cost features: log params and log MACs always, log memory when it is an objective.
+        self.cost_metrics = [m for m in COSTS if m != MEMORY or m in space.metrics]
+        self.costs = [self.cost_metrics.index(o.metric) for o in space.objectives if o.metric in COSTS]
+        self.width = len(param_features(space, {})) + len(self.cost_metrics)
         self.n_init = n_init if n_init is not None else max(4, self.width // 2)
         self.finite = (all(grid_values(p) is not None for p in space.params.values())
                        and grid_size(space) <= GRID_CANDIDATES)
         self.configs: dict[str, dict[str, Any]] = {}                 # key → params (Optuna's form)
-        self.prices: dict[str, tuple[int, int, bool] | None] = {}     # key → params, MACs, within constraints
+        self.prices: dict[str, tuple[int, int, int, bool] | None] = {}   # key → params, MACs, memory, feasible
         self.rows: dict[str, list[float]] = {}                        # key → features, log10 costs unscaled
         self.grid: list[str] | None = None
         self.theta: np.ndarray | None = None
@@ -356,22 +356,24 @@ class CostAwareProposer:
             self.configs[key] = params
             self.prices[key] = _price(self.space, params)
             if self.prices[key] is not None:
-                self.rows[key] = param_features(self.space, params) + list(np.log10(self.prices[key][:2]))
+                costs = [self.prices[key][COSTS.index(m)] for m in self.cost_metrics]
+                self.rows[key] = param_features(self.space, params) + list(np.log10(costs))
         return key
 
     def _feasible(self, key: str) -> bool:
         price = self.prices[key]
-        return price is not None and price[2]
+        return price is not None and price[3]
 
     def _cost_bounds(self, pool: list[str]) -> tuple[np.ndarray, np.ndarray]:
-        """Min and max of log10 params and MACs over the candidates: the costs' normalisation."""
-        logs = np.array([self.rows[k][-2:] for k in pool])
+        """Min and max of the log10 costs over the candidates: their normalisation."""
+        logs = np.array([self.rows[k][-len(self.cost_metrics):] for k in pool])
         return logs.min(axis=0), logs.max(axis=0)
 
     def _features(self, keys: list[str], lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
         """(n, width): parameter features and the log costs min-max scaled (the GP may use capacity)."""
         x = np.array([self.rows[k] for k in keys], dtype=float).reshape(len(keys), self.width)
-        x[:, -2:] = (x[:, -2:] - lo) / np.where(hi > lo, hi - lo, 1.0)
+        n = len(self.cost_metrics)
+        x[:, -n:] = (x[:, -n:] - lo) / np.where(hi > lo, hi - lo, 1.0)
         return x
 
     def _history(self, trials: "list[FrozenTrial]") -> History:
@@ -450,7 +452,7 @@ class CostAwareProposer:
         on_front = np.array(h.on_front, dtype=bool)
         front_acc = np.concatenate([(values[on_front] - low) / span,
                                     to_unit(gp.predict(pending)[0]) if len(pending) else []])
-        cost_columns = [self.width - len(COSTS) + c for c in self.costs]
+        cost_columns = [self.width - len(self.cost_metrics) + c for c in self.costs]
         front_cost = np.vstack([self._features(h.observed, lo, hi)[on_front], pending])[:, cost_columns]
         keep = ~dominance(np.column_stack([-front_acc, front_cost])).any(axis=0)
         ref = np.array([-MARGIN] + [1.0 + MARGIN] * len(self.costs))

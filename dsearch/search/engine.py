@@ -24,12 +24,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Protocol
 
 from ..errors import UserError
-from ..metrics import (EPOCH, IMAGES_PER_S, MACS, PARAMS, PEAK_MEMORY_BYTES, TRAIN_TIME_S, VAL_ACC, VAL_LOSS,
-                       WALL_TIME_S)
+from ..metrics import (EPOCH, IMAGES_PER_S, MEASURED_PEAK_BYTES, MEMORY_EFFICIENT, MEMORY_WHY, PEAK_MEMORY_BYTES,
+                       TRAIN_TIME_S, VAL_ACC, VAL_LOSS, WALL_TIME_S)
 from . import artifacts
 from . import record as st
 from .rungs import Rungs
-from .sampling import check_constraints, input_size, resolve, suggest
+from .pricing import over_budget, price
+from .sampling import resolve, suggest
+from .schema import KNOWN_BEFORE_TRAINING as COSTS
 from .reports import (CHECKPOINT_FILE, NODE, NODE_ID, NODE_IP, PRECISION, PRECISION_WHY, RESUME_FROM,
                       WORKER_PID, extend_curve)
 from .storage import DatabaseUnreachable
@@ -156,8 +158,8 @@ class Engine:
             if proposal is not None:
                 self.counted += 1
                 self.live[trial.number] = {"trial": trial, "start": self.clock(), "curve": [], "times": [],
-                                           "last": {}, LINE: proposal[LINE], PARAMS: proposal[PARAMS],
-                                           MACS: proposal[MACS]}
+                                           "last": {}, LINE: proposal[LINE],
+                                           **{m: proposal[m] for m in COSTS}}
                 return proposal
 
     def _infeasible(self) -> str:
@@ -181,8 +183,6 @@ class Engine:
 
     def _propose(self, trial: Any, sampled: dict) -> dict | None:
         """A proposal for a valid, within-budget, admitted sample; else the trial is told FAIL (None)."""
-        from ..net.cost import count_macs, count_params
-
         trials = self.study.get_trials(deepcopy=False)      # one read: the seed's line index, the line's root
         try:
             run = resolve(self.space, trial.params)
@@ -190,8 +190,7 @@ class Engine:
                 run.train.seed = st.line_index(trials, trial.number)
             if self.num_threads:
                 run.train.num_threads = self.num_threads
-            params = count_params(run.model)
-            macs = count_macs(run.model, input_size(run.data))
+            cost = price(self.space, run)
         except UserError as e:
             self._reject(trial, "invalid", str(e))
             return None
@@ -199,8 +198,9 @@ class Engine:
         if old is not None:
             run.train.seed = old.user_attrs.get(st.SEED, run.train.seed)   # same draws as the run it continues
         attrs = {st.CONFIG: json.dumps(run.model_dump(mode="json")), st.SEED: run.train.seed,
-                 st.MAX_EPOCHS: self.space.budget.max_epochs, PARAMS: params, MACS: macs}
-        over = check_constraints(self.space, run)
+                 st.MAX_EPOCHS: self.space.budget.max_epochs, **cost.metrics(),
+                 MEMORY_EFFICIENT: cost.memory_efficient, MEMORY_WHY: cost.memory_why}
+        over = over_budget(self.space, cost)
         if over:
             self._reject(trial, "over_budget", over, attrs)
             return None
@@ -209,8 +209,7 @@ class Engine:
             self._reject(trial, "not_in_table", absent, attrs)
             return None
         line = st.lineages(trials)[old.number] if old is not None else trial.number
-        proposal = {"run": run.model_dump(mode="json"), PARAMS: params, MACS: macs, "trial": trial.number,
-                    LINE: line}
+        proposal = {"run": run.model_dump(mode="json"), **cost.metrics(), "trial": trial.number, LINE: line}
         checkpoint = old.user_attrs.get(st.CHECKPOINT) if old is not None else None
         if checkpoint and artifacts.exists(checkpoint):
             proposal[RESUME_FROM] = attrs[st.CHECKPOINT] = checkpoint
@@ -233,7 +232,7 @@ class Engine:
         if len(curve) >= self.space.budget.max_epochs:
             return False
         line = info[LINE] if info is not None else number
-        goes_on = self.rule.on_report(line, curve, {PARAMS: result[PARAMS], MACS: result[MACS]})
+        goes_on = self.rule.on_report(line, curve, {m: result[m] for m in COSTS if m in result})
         if not goes_on:
             self.stopped.add(number)      # a rung's decision: told PRUNED even if the run is being interrupted
         return goes_on
@@ -267,7 +266,8 @@ class Engine:
         return {**info.get("where", {}), st.CURVE: info["curve"], st.EPOCH_TIMES: info["times"],
                 WALL_TIME_S: self.clock() - info["start"], st.EPOCHS_TRAINED: last.get(EPOCH, 0),
                 TRAIN_TIME_S: last.get(TRAIN_TIME_S, 0.0), IMAGES_PER_S: last.get(IMAGES_PER_S, 0.0),
-                PEAK_MEMORY_BYTES: last.get(PEAK_MEMORY_BYTES, 0)}
+                PEAK_MEMORY_BYTES: last.get(PEAK_MEMORY_BYTES, 0),
+                **({MEASURED_PEAK_BYTES: last[MEASURED_PEAK_BYTES]} if MEASURED_PEAK_BYTES in last else {})}
 
     # --- tell -----------------------------------------------------------------------------------------------
 
@@ -289,7 +289,7 @@ class Engine:
             if new:
                 self._save_curve(info)
             return None
-        metrics = {VAL_ACC: info["last"].get(VAL_ACC, float("nan")), PARAMS: info[PARAMS], MACS: info[MACS],
+        metrics = {VAL_ACC: info["last"].get(VAL_ACC, float("nan")), **{m: info[m] for m in COSTS},
                    VAL_LOSS: info["last"].get(VAL_LOSS, float("nan"))}
         state = st.tell_finished(self.study, info["trial"], metrics, int(info["last"].get(EPOCH, 0)),
                                  self.space.budget.max_epochs, self._attrs(info))

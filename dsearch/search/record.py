@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..errors import UserError
-from ..metrics import MACS, PARAMS, TRAIN_TIME_S, WALL_TIME_S
+from ..metrics import MACS, MEMORY, PARAMS, TRAIN_TIME_S, WALL_TIME_S
 from .storage import (STUDY_DB, database_unreachable, db_exists, display_url, open_storage, pick_study,
                       storage_url)
 
@@ -302,7 +302,7 @@ def rung_history(study: "optuna.Study") -> list[tuple[int, list[float], dict[str
             continue
         line = root[t.number]
         if line not in best or len(curve) > len(best[line][1]):
-            best[line] = (line, list(curve), {PARAMS: t.user_attrs[PARAMS], MACS: t.user_attrs[MACS]})
+            best[line] = (line, list(curve), {m: t.user_attrs[m] for m in (PARAMS, MACS, MEMORY) if m in t.user_attrs})
     return [best[k] for k in sorted(best)]
 
 

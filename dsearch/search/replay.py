@@ -16,7 +16,8 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from ..metrics import EPOCH, EPOCH_TIME, MACS, PARAMS, TRAIN_TIME_S, VAL_ACC
+from ..metrics import EPOCH, EPOCH_TIME, TRAIN_TIME_S, VAL_ACC
+from .schema import KNOWN_BEFORE_TRAINING as COSTS
 from . import record as st
 from .engine import Engine
 from .methods import Method
@@ -106,7 +107,7 @@ def replay(table: Table, space: "SearchSpace", method: Method, seed: int, worker
         at, _, number, epoch = heapq.heappop(events)
         now[0] = at
         run, proposal = runs[number]
-        result = {EPOCH: epoch, VAL_ACC: run.curve[epoch - 1], PARAMS: proposal[PARAMS], MACS: proposal[MACS],
+        result = {EPOCH: epoch, VAL_ACC: run.curve[epoch - 1], **{m: proposal[m] for m in COSTS if m in proposal},
                   EPOCH_TIME: run.times[epoch - 1], TRAIN_TIME_S: float(sum(run.times[:epoch]))}
         goes_on = engine.decide(number, result)
         if goes_on and epoch < min(max_epochs, len(run.curve)):

@@ -170,25 +170,6 @@ def input_size(data: DataConfig) -> tuple[int, int, int]:
     return (info.in_channels, info.image_size, info.image_size)
 
 
-def check_constraints(space: "SearchSpace", run_config: RunConfig) -> str | None:
-    """Why a config is over the space's budget (params / MACs, closed form), or None if within."""
-    c = space.constraints
-    if c.max_params is None and c.max_macs is None:
-        return None
-    from ..net.cost import count_macs, count_params
-
-    reasons = []
-    if c.max_params is not None:
-        n = count_params(run_config.model)
-        if n > c.max_params:
-            reasons.append(f"params {n:,} > constraints.max_params {c.max_params:,.0f}")
-    if c.max_macs is not None:
-        m = count_macs(run_config.model, input_size=input_size(run_config.data))
-        if m > c.max_macs:
-            reasons.append(f"MACs {m:,} > constraints.max_macs {c.max_macs:,.0f}")
-    return "; ".join(reasons) or None
-
-
 def _is_categorical(space: "SearchSpace", key: str) -> bool:
     p = space.params.get(key)
     return p is not None and p.type == "categorical"

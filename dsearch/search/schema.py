@@ -13,7 +13,7 @@ from typing import Annotated, Any, Literal
 from pydantic import Field, StrictInt, field_validator, model_validator
 
 from ..errors import did_you_mean
-from ..metrics import DEFAULT_OBJECTIVES, MACS, MAXIMIZE, OBJECTIVE_METRICS, PARAMS, VAL_ACC, Objective
+from ..metrics import DEFAULT_OBJECTIVES, MACS, MAXIMIZE, MEMORY, OBJECTIVE_METRICS, PARAMS, VAL_ACC, Objective
 from ..strict import StrictModel
 from ..training.config import DataConfig
 from .rungs import after_first_drop, chance_floor, milestones
@@ -83,6 +83,8 @@ class Resources(StrictModel):
 
     cpu: int | float = Field(1, gt=0)
     gpu: int | float = Field(0, ge=0)
+    # Memory of one of the GPUs the trials run on (GiB); None: the driver's own GPU's, if it has one.
+    gpu_memory_gib: float | None = Field(None, gt=0)
 
     @model_validator(mode="after")
     def _whole(self) -> "Resources":
@@ -117,6 +119,7 @@ class Constraints(StrictModel):
 
     max_params: float | None = Field(None, gt=0)
     max_macs: float | None = Field(None, gt=0)
+    max_memory: float | None = Field(None, gt=0)     # bytes: a training step's predicted peak (net/cost.count_memory)
 
 
 class _Param(StrictModel):
@@ -189,7 +192,7 @@ class CategoricalParam(_Param):
 
 
 Param = Annotated[IntParam | FloatParam | CategoricalParam, Field(discriminator="type")]
-KNOWN_BEFORE_TRAINING = (PARAMS, MACS)     # closed-form (net/cost.py): priced before a trial trains
+KNOWN_BEFORE_TRAINING = (PARAMS, MACS, MEMORY)     # closed-form (net/cost.py): priced before a trial trains
 
 PARAM_TYPES = {"int": IntParam, "float": FloatParam, "categorical": CategoricalParam}
 
@@ -233,7 +236,7 @@ class SearchSpace(StrictModel):
 
     @property
     def trained_objectives(self) -> list[str]:
-        """The objectives only training measures (val_acc, val_loss); params and MACs are closed-form."""
+        """The objectives only training measures (val_acc, val_loss); params, MACs and memory are closed-form."""
         return [m for m in self.metrics if m not in KNOWN_BEFORE_TRAINING]
 
     @property
@@ -244,7 +247,10 @@ class SearchSpace(StrictModel):
         if len(trained) != 1:
             return "two trained objectives" if trained else "no trained objective (val_acc or val_loss)"
         maximised = [o.metric for o in self.objectives if o.metric in KNOWN_BEFORE_TRAINING and o.direction == MAXIMIZE]
-        return f"{maximised[0]} is maximised (costs are minimised)" if maximised else None
+        if maximised:
+            return f"{maximised[0]} is maximised (costs are minimised)"
+        costs = [m for m in self.metrics if m in KNOWN_BEFORE_TRAINING]
+        return f"three costs ({', '.join(costs)}); it takes at most two" if len(costs) > 2 else None
 
     @property
     def sampler_type(self) -> str:

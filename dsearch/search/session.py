@@ -18,6 +18,7 @@ from . import artifacts
 from . import record as st
 from .io import SPACE_FILE, dump_space
 from .lock import LOCK_FILE, StudyLease, StudyLock
+from .pricing import describe_share
 from .rungs import describe as describe_rungs
 from .storage import open_storage, storage_url
 
@@ -75,6 +76,7 @@ def run_study(space: "SearchSpace", study_dir: Path, storage: str | None, ray_ad
                     f"{', '.join(m for m, _ in space.rung_objectives)}, "
                     + describe_rungs(space.milestones, b.max_epochs, b.reduction_factor)
                     + f": {space.rung_placement}")
+                say(describe_share(space.resources))
                 if requeued:
                     say(f"resuming: trials {requeued} were interrupted; they are queued again, to continue "
                         "from their last checkpoints")

@@ -17,7 +17,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..errors import UserError
-from ..metrics import EPOCH, EPOCH_TIME, MACS, PARAMS, PEAK_MEMORY_BYTES, TRAIN_TIME_S, VAL_ACC
+from ..metrics import (EPOCH, EPOCH_TIME, MACS, MEASURED_PEAK_BYTES, MEMORY, MEMORY_EFFICIENT, PARAMS, PEAK_MEMORY_BYTES,
+                       TRAIN_TIME_S, VAL_ACC)
 from ..training.config import RunConfig, TrainConfig
 from .reports import (CHECKPOINT_FILE, NODE, NODE_ID, NODE_IP, PRECISION, PRECISION_WHY, RESUME_FROM,
                       RESUMED_CURVE, RESUMED_TIMES, WORKER_PID)
@@ -104,7 +105,7 @@ def _train(tune: Any, config: dict, data: Any, layout: dict | None = None) -> No
     device = resolve_device(run.train)
     if device.type == "cuda":
         limit_gpu_memory(float(context.get_assigned_resources().get("GPU", 0)), device)
-    fixed = {PARAMS: config[PARAMS], MACS: config[MACS], **node}
+    fixed = {**{m: config[m] for m in (PARAMS, MACS, MEMORY) if m in config}, **node}
     # fit() writes here each epoch; Ray copies it to the experiment's storage with each report.
     work = Path(tune.get_context().get_trial_dir()) / "latest"
     ckpt_path = work / CHECKPOINT_FILE
@@ -120,6 +121,8 @@ def _train(tune: Any, config: dict, data: Any, layout: dict | None = None) -> No
         if metrics[EPOCH] > len(history):               # not a row of the checkpoint, reported again
             train_time += metrics.get(EPOCH_TIME, 0.0)
         out = {**metrics, **fixed, TRAIN_TIME_S: train_time, PEAK_MEMORY_BYTES: peak_memory(device)}
+        if device.type == "cuda":
+            out[MEASURED_PEAK_BYTES] = out[PEAK_MEMORY_BYTES]
         if not reported and history:    # the checkpoint's epochs before this one, once: the driver's curve is whole
             done = [h for h in history if h[EPOCH] < metrics[EPOCH]]
             out.update({RESUMED_CURVE: [h[VAL_ACC] for h in done], RESUMED_TIMES: [h.get(EPOCH_TIME) for h in done]})
@@ -128,6 +131,16 @@ def _train(tune: Any, config: dict, data: Any, layout: dict | None = None) -> No
 
     def started(precision: dict) -> None:
         fixed.update({PRECISION: precision[PRECISION], PRECISION_WHY: precision[PRECISION_WHY]})
+        if device.type == "cpu":
+            # The process's RSS mixes in Ray, the data and the allocator's slack: one profiled step of this network
+            # at the run's batch, dtype and layout is the honest measure on a CPU (training/memory.py).
+            from ..training.memory import measure_step
+            from ..training.precision import AMP_DTYPES
+
+            fixed[MEASURED_PEAK_BYTES] = measure_step(
+                run.model.with_overrides(memory_efficient=precision[MEMORY_EFFICIENT]), run.train.batch_size,
+                (run.data.info.in_channels, run.data.info.image_size, run.data.info.image_size),
+                amp=AMP_DTYPES.get(precision["dtype"]), channels_last=precision["channels_last"]).peak_bytes
 
     chosen = (layout["channels_last"], layout["why"]) if layout else None
     result = fit(run, data, callback=report, checkpoint_path=ckpt_path, resume=bool(config.get(RESUME_FROM)),

@@ -115,6 +115,9 @@ class TrainConfig(StrictModel):
     channels_last: bool | None = None
     compile: bool = False
     num_threads: int | None = None                    # torch threads on CPU
+    # auto: the memory-efficient path (Pleiss et al.) only when the normal path's predicted peak would not fit the
+    # run's share of its device (net/cost.choose_memory_path); true / false force it. A search decides in the driver.
+    memory_efficient: bool | Literal["auto"] = "auto"
 
     @model_validator(mode="after")
     def _check(self) -> "TrainConfig":

@@ -18,10 +18,12 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..errors import UserError
-from ..metrics import EPOCH, EPOCH_TIME, IMAGES_PER_S, LR, TRAIN_LOSS, VAL_ACC, VAL_LOSS
+from ..metrics import EPOCH, EPOCH_TIME, IMAGES_PER_S, LR, MEMORY_EFFICIENT, MEMORY_WHY, TRAIN_LOSS, VAL_ACC, VAL_LOSS
+from ..net.model import set_memory_efficient
 from .checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from .config import RunConfig, TrainConfig
 from .data import TrainingData
+from .memory import choose_run_path
 from .precision import DTYPE_NAMES, Precision, autocast, resolve_precision
 from .schedule import schedule_lr
 
@@ -154,6 +156,8 @@ class _Setup:
     step_model: nn.Module            # the model, or torch.compile's wrapper of it (same parameters)
     optimizer: torch.optim.SGD
     scaler: torch.amp.GradScaler | None
+    memory_efficient: bool = False
+    memory_why: str = ""
 
     @property
     def amp(self) -> torch.dtype | None:
@@ -210,13 +214,15 @@ def _setup(run: RunConfig, data: TrainingData, model: nn.Module | None, *, resum
     amp, channels_last = precision.amp, precision.channels_last
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
+    efficient, memory_why = choose_run_path(run, device, amp, channels_last)
+    set_memory_efficient(model, efficient)
     data = data.to(device)
     optimizer = make_optimizer(model, t)
     # bf16 has fp32's exponent range; only fp16 gradients underflow without loss scaling.
     scaler = torch.amp.GradScaler(device.type) if amp == torch.float16 else None
     # torch.compile traces lazily, at the first call, so a checkpoint restored into `model` afterwards is used.
     step_model = torch.compile(model) if t.compile else model
-    return _Setup(device, precision, data, model, step_model, optimizer, scaler)
+    return _Setup(device, precision, data, model, step_model, optimizer, scaler, efficient, memory_why)
 
 
 def _restore(s: _Setup, ck: dict[str, Any]) -> tuple[int, list[dict[str, Any]]]:
@@ -292,7 +298,8 @@ def fit(run: RunConfig, data: TrainingData, *, callback: Callable[[dict], Any] |
     """Train under the paper protocol, epoch by epoch; callback(metrics) after each (return "stop" to stop).
 
     on_batch(epoch, step, steps, loss) is called after each step (loss every 10 steps, else None).
-    on_start(precision) is called once the dtype and layout are chosen (Precision.record()), before training.
+    on_start(precision) is called once the dtype, layout and memory path are chosen (Precision.record(), with
+    memory_efficient and memory_why), before training.
     layout: (channels_last, why) decided elsewhere (a search's study), instead of a probe on a CPU when
     train.channels_last is null. A resumed run keeps the layout and dtype of its checkpoint where the settings are auto.
     Times in seconds, images/s of the training loop only. final=True needs data loaded with final=True:
@@ -309,7 +316,8 @@ def fit(run: RunConfig, data: TrainingData, *, callback: Callable[[dict], Any] |
     # A resumed run keeps the layout and dtype it started in (this node's probe or hardware may answer otherwise).
     s = _setup(run, data, model, resumed=ck, chosen_layout=layout)
     if on_start is not None:
-        on_start(s.precision.record())
+        on_start({**s.precision.record(), MEMORY_EFFICIENT: s.memory_efficient, MEMORY_WHY: s.memory_why,
+                  "dtype": DTYPE_NAMES[s.amp], CHANNELS_LAST: s.channels_last})
     start, history = 0, []
     if ck is not None:
         start, history = _restore(s, ck)

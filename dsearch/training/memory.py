@@ -14,6 +14,7 @@ cross-entropy on out.float(), zero_grad(set_to_none), backward, SGD step), its p
 from __future__ import annotations
 
 import json
+import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +27,42 @@ from ..net.config import ModelConfig
 from .precision import autocast
 
 STEP = "dsearch.measured_step"
+
+
+def host_memory_bytes() -> int | None:
+    """The machine's memory (MemTotal), None if unknown."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemTotal:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def gpu_memory_bytes(device: torch.device | None = None) -> int | None:
+    """Total memory of a CUDA device (the first by default), None without CUDA."""
+    if not torch.cuda.is_available():
+        return None
+    index = device.index if device is not None and device.index is not None else 0
+    return int(torch.cuda.get_device_properties(index).total_memory)
+
+
+def choose_run_path(run, device: torch.device, amp: torch.dtype | None, channels_last: bool) -> tuple[bool, str]:
+    """`train.memory_efficient` for a run on this host (`dsearch train`): its share is the whole device."""
+    from ..net.cost import choose_memory_path
+    from .precision import DTYPE_NAMES
+
+    t, d = run.train, run.data
+    share = gpu_memory_bytes(device) if device.type == "cuda" else host_memory_bytes()
+    size = (d.info.in_channels, d.info.image_size, d.info.image_size)
+    on, why, _ = choose_memory_path(run.model, size, t.batch_size, DTYPE_NAMES[amp], setting=t.memory_efficient,
+                                    share_bytes=share, device=device.type, channels_last=channels_last)
+    return on, why
 
 
 def saved_bytes(model: nn.Module, x: torch.Tensor, y: torch.Tensor, amp: torch.dtype | None = None, *,
