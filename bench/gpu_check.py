@@ -30,8 +30,8 @@ finished. The total wall time is recorded too.
               speeds, read from the study with Optuna. Real Fashion-MNIST where dsearch finds it (--data-dir,
               $DSEARCH_DATA, ./data, /usr/share/datasets/fashion-mnist), else synthetic images of the same shape
               (recorded in "data").
---dry-run: every code path on a CPU-only machine in under a minute (device cpu, 1 thread, batch 4, 1 warm-up and
-2 timed steps, bc100 on 8×8 images; torch.compile with backend "eager" on the quickstart nets only, bc100's compile
+--dry-run: every code path on a CPU-only machine in under a minute (device cpu, 1 thread, batch 4, 1 warm-up step and
+1 timed step, bc100 on 8×8 images; torch.compile with backend "eager" on the quickstart nets only, bc100's compile
 cells skipped; packing with 1 and 2 processes for 1 s windows; memory on the CPU (the profiler's allocator total,
 contiguous, fp32, 2 threads) for 2 small networks at batch 2; a 1-trial, 1-epoch search on synthetic 28×28×1
 images with gpu 0).
@@ -213,8 +213,12 @@ def throughput(a) -> dict:
         twin = dsearch_rate.get((r["net"], r["setting"]))
         if r["impl"] == "torchvision" and r.get("images_per_s") and twin:
             r["dsearch_vs_torchvision"] = twin / r["images_per_s"]
-    return {"batch": a.batch, "warmup_steps": a.warmup, "timed_steps": a.steps,
-            "cudnn_benchmark": a.device == "cuda", "rows": rows}
+    out = {"batch": a.batch, "warmup_steps": a.warmup, "timed_steps": a.steps,
+           "cudnn_benchmark": a.device == "cuda", "rows": rows}
+    failed = [f"{r['net']} {r['impl']} {r['setting']}: {r['error']}" for r in rows if "error" in r]
+    if failed:
+        out["error"] = f"{len(failed)} of {len(rows)} cells failed: " + "; ".join(failed)
+    return out
 
 
 def print_throughput(s: dict) -> None:
@@ -265,9 +269,30 @@ def pack_worker(rank: int, n: int, device: str, amp: str | None, channels_last: 
         barrier.abort()
 
 
+def collect(queue, procs, n: int, timeout_s: float) -> list:
+    """Up to n results from the queue: until all came, the time is up, or every process has exited."""
+    import queue as queues
+
+    results, deadline = [], time.perf_counter() + timeout_s
+    while len(results) < n and time.perf_counter() < deadline:
+        try:
+            results.append(queue.get(timeout=1))
+        except queues.Empty:
+            if not any(p.is_alive() for p in procs):
+                try:
+                    results.append(queue.get(timeout=1))    # put just before it exited
+                except queues.Empty:
+                    break
+    for p in procs:
+        p.join(timeout=30)
+        if p.is_alive():
+            p.terminate()
+            p.join()
+    return results
+
+
 def pack_once(n: int, a) -> dict:
     import multiprocessing as mp
-    import queue as queues
 
     ctx = mp.get_context("spawn")
     barrier, queue = ctx.Barrier(n), ctx.Queue()
@@ -278,18 +303,7 @@ def pack_once(n: int, a) -> dict:
     t0 = time.perf_counter()
     for p in procs:
         p.start()
-    results = []
-    try:
-        for _ in range(n):
-            results.append(queue.get(timeout=300 + a.pack_window_s))
-    except queues.Empty:
-        pass
-    finally:
-        for p in procs:
-            p.join(timeout=30)
-            if p.is_alive():
-                p.terminate()
-                p.join()
+    results = collect(queue, procs, n, 300 + a.pack_window_s)
     results.sort(key=lambda r: r["rank"])
     errors = [r["error"] for r in results if "error" in r]
     if len(results) < n:
@@ -387,7 +401,6 @@ def _memory_child(kwargs: dict, queue) -> None:
 def memory(a) -> dict:
     """In a spawned process: the measured peak is everything that process has on the device."""
     import multiprocessing as mp
-    import queue as queues
 
     if a.dry_run:
         # 2 threads, as tests/conftest.py runs test_memory.py: with 1 thread and batch ≤ 8 the CPU step of the
@@ -401,15 +414,9 @@ def memory(a) -> dict:
     queue = ctx.Queue()
     p = ctx.Process(target=_memory_child, args=(kwargs, queue))
     p.start()
-    try:
-        result = queue.get(timeout=a.memory_timeout_s)
-    except queues.Empty:
-        result = {"error": f"the memory process reported nothing in {a.memory_timeout_s:g} s "
-                           f"(exit code {p.exitcode})"}
-    p.join(timeout=30)
-    if p.is_alive():
-        p.terminate()
-        p.join()
+    got = collect(queue, [p], 1, a.memory_timeout_s)
+    result = got[0] if got else {"error": f"the memory process reported nothing (exit code {p.exitcode}; "
+                                          f"--memory-timeout-s {a.memory_timeout_s:g})"}
     if "rows" in result:
         errors = [f"{r['net']} {r['dtype']} {'efficient' if r['memory_efficient'] else 'normal'}: {r['error']}"
                   for r in result["rows"] if "error" in r]
@@ -419,7 +426,8 @@ def memory(a) -> dict:
         result["all_saved_equal"] = all(r["saved_equal"] for r in ok)
         if ok:
             result["peak_ratio_range"] = [min(r["peak_ratio"] for r in ok), max(r["peak_ratio"] for r in ok)]
-    return {**{k: kwargs[k] for k in ("device", "dtypes", "channels_last", "threads")}, **result}
+    return {**{k: kwargs[k] for k in ("device", "dtypes", "channels_last", "threads")},
+            "cudnn_benchmark": kwargs["device"] == "cuda", **result}
 
 
 def print_memory(s: dict) -> None:
@@ -475,11 +483,24 @@ def search_space(a, tmp: Path) -> tuple[Path, dict]:
 
 
 def search(a, deadline_s: float) -> dict:
+    import shutil
+
+    tmp = Path(tempfile.mkdtemp(prefix="gpu_check_search_"))
+    try:
+        result = run_search(a, deadline_s, tmp)
+    finally:
+        if not a.keep_study:
+            shutil.rmtree(tmp, ignore_errors=True)
+    if a.keep_study:
+        result["study_dir"] = str(tmp / "study")
+    return result
+
+
+def run_search(a, deadline_s: float, tmp: Path) -> dict:
     import optuna
 
     from dsearch.search.record import summarize
 
-    tmp = Path(tempfile.mkdtemp(prefix="gpu_check_search_"))
     space, described = search_space(a, tmp)
     study_dir = tmp / "study"
     log = tmp / "run.log"
@@ -526,12 +547,6 @@ def search(a, deadline_s: float) -> dict:
                            "precision", "worker_pid", "fail_reason", "error_kind", "error") if k in u}})
     result.update({"states": summary["trials"], "best_val_acc": summary["best_val_acc"],
                    "overhead_share": summary["overhead_share"], "trials": trials})
-    if not a.keep_study:
-        import shutil
-
-        shutil.rmtree(tmp, ignore_errors=True)
-    else:
-        result["study_dir"] = str(study_dir)
     return result
 
 
@@ -568,8 +583,8 @@ def main() -> None:
     p.add_argument("--sections", default="throughput,packing,memory,search")
     p.add_argument("--batch", type=int, help="default 64 (dry run 4)")
     p.add_argument("--warmup", type=int, help="warm-up steps per throughput cell (default 10, dry run 1)")
-    p.add_argument("--steps", type=int, help="timed steps per throughput cell (default 50, dry run 2)")
-    p.add_argument("--throughput-s", type=float, default=200,
+    p.add_argument("--steps", type=int, help="timed steps per throughput cell (default 50, dry run 1)")
+    p.add_argument("--throughput-s", type=float, default=150,
                    help="cells that would start after this many seconds of the section are skipped")
     p.add_argument("--compile-backend", help="torch.compile backend (default inductor; dry run eager)")
     p.add_argument("--pack", help="process counts (default 1,2,4,8; dry run 1,2)")
@@ -578,20 +593,23 @@ def main() -> None:
     p.add_argument("--memory-timeout-s", type=float, default=240)
     p.add_argument("--search-s", type=float, help="SIGINT the search after this many seconds (default 180, "
                    "dry run 120: it ends on its own first)")
-    p.add_argument("--search-samples", type=int, help="the space's num_samples (default 24, dry run 1)")
-    p.add_argument("--search-grace-s", type=float, default=45, help="wait for the search after its SIGINT")
+    p.add_argument("--search-samples", type=int, help="the space's num_samples (default 40: more than 3 minutes "
+                   "hold, so the run is stopped at its deadline; dry run 1)")
+    p.add_argument("--search-grace-s", type=float, default=30, help="wait for the search after its SIGINT")
     p.add_argument("--budget-s", type=float, default=470,
                    help="the search is cut to end (SIGINT + grace) within this many seconds of the start")
     p.add_argument("--data-dir", type=Path, help="where Fashion-MNIST's IDX files are (for the search)")
     p.add_argument("--keep-study", action="store_true", help="keep the search's temp folder (its path is recorded)")
     a = p.parse_args()
     dry = a.dry_run
-    for name, full, tiny in (("batch", 64, 4), ("warmup", 10, 1), ("steps", 50, 2), ("compile_backend", "inductor",
+    for name, full, tiny in (("batch", 64, 4), ("warmup", 10, 1), ("steps", 50, 1), ("compile_backend", "inductor",
                              "eager"), ("pack", "1,2,4,8", "1,2"), ("pack_warmup", 20, 2), ("pack_window_s", 8, 1.0),
-                             ("search_s", 180, 120), ("search_samples", 24, 1)):
+                             ("search_s", 180, 120), ("search_samples", 40, 1)):
         if getattr(a, name) is None:
             setattr(a, name, tiny if dry else full)
     a.pack = [int(n) for n in str(a.pack).split(",")]
+    if min(a.pack) < 1:
+        p.error(f"--pack: process counts must be ≥ 1, got {a.pack}")
     sections = a.sections.split(",")
     unknown = set(sections) - {"throughput", "packing", "memory", "search"}
     if unknown:

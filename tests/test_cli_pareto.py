@@ -53,9 +53,11 @@ TRIALS = [
 ]
 
 
-def add_trial(study, state, acc, params, macs, epochs, k, lr, reason):
+def add_trial(study, state, acc, params, macs, epochs, k, lr, reason, memory=None):
     """Record a trial as the runner does: values only for COMPLETE, last_* attrs for PRUNED."""
     attrs = {"epochs_trained": epochs, "max_epochs": MAX_EPOCHS, "curve": [acc] * epochs if acc else []}
+    if memory is not None:
+        attrs["memory"] = memory
     if state == "PRUNED":
         attrs.update(last_val_acc=acc, last_params=params, last_macs=macs)
     if reason:
@@ -608,3 +610,22 @@ def test_dashboard_on_a_busy_port_is_a_one_line_error(study_dir, capsys):
 
 def test_dashboard_of_a_missing_study_is_a_one_line_error(tmp_path, capsys):
     assert_one_line_error(capsys, main(["dashboard", str(tmp_path / "nope")]), "does not exist")
+
+
+def test_memory_is_an_axis_of_the_front_where_it_is_not_an_objective(tmp_path, capsys):
+    # The same trials with a recorded memory (predicted peak bytes): trial 2 is lightest, 3 heaviest.
+    memory = [50_000_000, 90_000_000, 20_000_000, 300_000_000, 60_000_000, 1, 1, 100_000_000]
+    make_study(tmp_path / "toy", [(*t, m) for t, m in zip(TRIALS, memory)])
+    study_dir = tmp_path / "toy"
+    code, out = run_pareto(capsys, study_dir, "--objectives", "val_acc,memory", "--csv", str(tmp_path / "f.csv"))
+    assert code == 0
+    rows = list(csv.DictReader(open(tmp_path / "f.csv")))
+    # Full-budget trials 0 (.90, 50 MB), 1 (.93, 90 MB), 2 (.88, 20 MB), 3 (.95, 300 MB), 7 (.85, 100 MB):
+    # 7 is dominated by 0 and 1; the other four make the front.
+    assert sorted(int(r["trial"]) for r in rows) == [0, 1, 2, 3]
+
+
+def test_memory_axis_of_a_study_that_never_recorded_it_is_a_one_line_error(study_dir, capsys):
+    assert main(["pareto", str(study_dir), "--objectives", "val_acc,memory"]) == 2
+    err = capsys.readouterr().err
+    assert "memory is not recorded for every usable trial" in err and err.count("\n") == 1

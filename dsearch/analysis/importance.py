@@ -107,8 +107,10 @@ def compute_importance(study: "optuna.Study", objectives: Sequence[Objective]) -
     keys = sorted({k for t in trials for k in t.distributions})
     out = []
     for o in objectives:
-        i = names.index(o.metric)
-        values = [t.values[i] for t in trials]
+        # A study objective's value, or a cost recorded as a user attribute (params, MACs, memory as an axis).
+        i = names.index(o.metric) if o.metric in names else None
+        value = (lambda t, i=i: t.values[i]) if i is not None else (lambda t, m=o.metric: float(t.user_attrs[m]))
+        values = [value(t) for t in trials]
         if max(values) == min(values):
             out.append(Importance(o.metric, o.direction, (), constant=True))
             continue
@@ -117,7 +119,7 @@ def compute_importance(study: "optuna.Study", objectives: Sequence[Objective]) -
             # It warns that it minimises `target` (we negate maximised ones) and about sparse regimes of
             # conditional parameters (they are scored on the trials that have them).
             warnings.simplefilter("ignore")
-            raw = evaluator.evaluate(copy, params=keys, target=lambda t, i=i, s=sign: s * t.values[i])
+            raw = evaluator.evaluate(copy, params=keys, target=lambda t, v=value, s=sign: s * v(t))
         total = sum(raw.values())
         shares = sorted(((k, v / total) for k, v in raw.items()), key=lambda kv: (-kv[1], kv[0])) \
             if total > 0 else []

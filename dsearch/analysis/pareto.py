@@ -13,14 +13,14 @@ from typing import Any
 
 import numpy as np
 
-from ..metrics import MACS, PARAMS
+from ..metrics import MACS, MEMORY, PARAMS
 from ..ranking import direction_signs, dominance, to_minimization
 
 # Trial states as Optuna names them (TrialState.X.name).
 COMPLETE = "COMPLETE"
 PRUNED = "PRUNED"
 
-LOG_SCALED = (PARAMS, MACS)      # normalised on a log scale: they span decades
+LOG_SCALED = (PARAMS, MACS, MEMORY)      # normalised on a log scale: they span decades
 
 # Default reference point: a minimised metric's is this factor times its largest value.
 REFERENCE_MARGIN = 1.1

@@ -30,7 +30,7 @@ import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 
-from ..metrics import DEFAULT_OBJECTIVES, MACS, PARAMS, VAL_ACC, Objective
+from ..metrics import DEFAULT_OBJECTIVES, MACS, MEMORY, PARAMS, VAL_ACC, Objective
 from .pareto import (
     COMPLETE,
     PRUNED,
@@ -50,6 +50,7 @@ AXIS_LABELS = {
     VAL_ACC: "validation accuracy (fraction)",
     PARAMS: "params",
     MACS: "MACs (multiply-accumulates, batch 1)",
+    MEMORY: "training memory (predicted peak bytes per step)",
 }
 
 # A positive axis spanning at least this ratio is drawn on a log scale.

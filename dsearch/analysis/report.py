@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 import numpy as np
 
 from ..errors import UserError
-from ..metrics import MACS, PARAMS, VAL_ACC, Objective
+from ..metrics import MACS, MEMORY, PARAMS, VAL_ACC, Objective
 from ..search.io import SPACE_FILE
 from ..search.record import CURVE, EPOCHS_TRAINED, FAIL_REASON, MAX_EPOCHS, trials_frame
 from .pareto import COMPLETE, LOG_SCALED, PRUNED, default_reference, hypervolume, normalized_hypervolume
@@ -34,7 +34,7 @@ if TYPE_CHECKING:
     from ..search.schema import SearchSpace
 
 STATE_ORDER = ("COMPLETE", "PRUNED", "FAIL", "RUNNING", "WAITING")
-COUNT_METRICS = (PARAMS, MACS)  # whole numbers: written without ".0"
+COUNT_METRICS = (PARAMS, MACS, MEMORY)  # whole numbers: written without ".0"
 _ARROWS = {"maximize": "↑", "minimize": "↓"}
 _NAMES = {MACS: "MACs"}  # how the summary lines name a metric in prose
 MIN_RUNG_TRIALS = 5      # full-budget trials a rung's Spearman correlation needs
@@ -101,6 +101,8 @@ def select_objectives(study: "optuna.Study", text: str | None) -> tuple[Objectiv
     everything = {n: Objective(metric=n, direction=d.name.lower()) for n, d in zip(names, study.directions)}
     if text is None:
         return tuple(everything.values())
+    for cost in (PARAMS, MACS, MEMORY):      # priced for every trial: an axis even where not an objective
+        everything.setdefault(cost, Objective(metric=cost, direction="minimize"))
     chosen = [w.strip() for w in text.split(",") if w.strip()]
     listing = f"the study's objectives are {', '.join(names)}"
     unknown = [w for w in chosen if w not in everything]
@@ -227,6 +229,11 @@ def _front_rows(frame: "pd.DataFrame", on_front: Any, metrics: tuple[str, ...], 
     return rows.sort_values(order, kind="stable").reset_index(drop=True)
 
 
+def _not_recorded(metric: str, study_name: str) -> str:
+    return (f"--objectives: {metric} is not recorded for every usable trial of study {study_name!r} (trials priced "
+            "before dsearch recorded it); leave it out")
+
+
 def build_report(study: "optuna.Study", objectives: tuple[Objective, ...], include_partial: bool = False,
                  reference: tuple[float, ...] | None = None, space: "SearchSpace | None" = None) -> Report:
     """Front (classify_trials), hypervolume, best per objective, knee, importance, seed comparison and plot
@@ -240,16 +247,22 @@ def build_report(study: "optuna.Study", objectives: tuple[Objective, ...], inclu
     if frame.empty:
         raise UserError(f"study {study.study_name!r} has no trials yet (`dsearch run` records them)")
     counts, reasons = count_states(frame)
+    for o in objectives:
+        if o.metric not in frame:
+            raise UserError(_not_recorded(o.metric, study.study_name))
     status = classify_trials(frame, objectives, include_partial)
     usable = frame[status.isin((FRONT, DOMINATED))]
     if usable.empty:
         raise UserError(_no_usable_trial(study.study_name, counts, include_partial))
     names = [o.metric for o in objectives]
+    missing = [n for n in names if usable[n].isna().any()]
+    if missing:
+        raise UserError(_not_recorded(missing[0], study.study_name))
     values = usable[names].to_numpy(dtype=float)
     ref = choose_reference(objectives, values, reference, space)
     paper = paper_points(space.data.name, space.data.augment) if space is not None else []
     rungs = rung_correlations(frame, space.milestones, space.budget.max_epochs) if space is not None else ()
-    metrics = tuple(study.metric_names or names)
+    metrics = tuple(dict.fromkeys([*(study.metric_names or names), *names]))   # with an axis like memory
     params = tuple(sorted(parameter_columns(frame)))
     best = {}
     for o in objectives:

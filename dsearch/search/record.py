@@ -307,8 +307,8 @@ def rung_history(study: "optuna.Study") -> list[tuple[int, list[float], dict[str
 
 
 def trials_frame(study: "optuna.Study") -> "pd.DataFrame":
-    """One row per trial: trial, state, objectives (COMPLETE: values; PRUNED: last values),
-    epochs_trained, max_epochs, curve, fail_reason, and the searched params (dotted keys)."""
+    """One row per trial: trial, state, objectives (COMPLETE: values; PRUNED: last values), params, MACs and
+    memory where recorded, epochs_trained, max_epochs, curve, fail_reason, and the searched params (dotted keys)."""
     import pandas as pd
 
     names = study.metric_names or [f"objective_{i}" for i in range(len(study.directions))]
@@ -320,6 +320,9 @@ def trials_frame(study: "optuna.Study") -> "pd.DataFrame":
                 row[name] = t.values[i]
             else:
                 row[name] = t.user_attrs.get(f"last_{name}", t.user_attrs.get(name, math.nan))
+        for cost in (PARAMS, MACS, MEMORY):     # closed-form costs priced before training, objectives or not
+            if cost not in row and cost in t.user_attrs:
+                row[cost] = t.user_attrs[cost]
         row[EPOCHS_TRAINED] = t.user_attrs.get(EPOCHS_TRAINED, 0)
         row[MAX_EPOCHS] = t.user_attrs.get(MAX_EPOCHS)
         row[CURVE] = list(t.user_attrs.get(CURVE, []))
