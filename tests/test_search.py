@@ -42,9 +42,13 @@ def trials_by_state(study):
     return out
 
 
-# depth 13 doesn't fit DenseNet-BC (L - 4 must be a multiple of 6): invalid combinations get sampled too.
+# depth 13 doesn't fit DenseNet-BC (L - 4 must be a multiple of 6): invalid combinations get sampled too. A
+# training step's predicted peak of 1.6 MB: the seed (depth 10, k=6: 1.44 MB) trains on the normal path; depth 10
+# k=7 and depth 16 k=4, 5 fit only on the memory-efficient path (auto picks it); depth 10 k=8, 9 and depth 16 k=6
+# fit on neither and are rejected (tests/test_pricing.py has the numbers' rule).
 TINY_STEP_3 = TINY.replace("model.depth: {type: int, low: 10, high: 16, step: 6}",
-                           "model.depth: {type: int, low: 10, high: 16, step: 3}")
+                           "model.depth: {type: int, low: 10, high: 16, step: 3}") \
+                  .replace("constraints: {max_params: 12000}", "constraints: {max_params: 12000, max_memory: 1.6e6}")
 
 
 def test_tiny_search_records_complete_pruned_and_rejected_trials(tmp_path):
@@ -77,7 +81,21 @@ def test_tiny_search_records_complete_pruned_and_rejected_trials(tmp_path):
     assert failed["over_budget"] and failed["invalid"], "seed 3 samples both"
     assert sum(map(len, failed.values())) == len(states.get(TrialState.FAIL, []))
     for t in failed["over_budget"]:
-        assert "max_params" in t.user_attrs["error"] and "curve" not in t.user_attrs        # never trained
+        assert "curve" not in t.user_attrs                                                    # never trained
+        assert "max_params" in t.user_attrs["error"] or "max_memory" in t.user_attrs["error"]
+        assert ("max_memory" in t.user_attrs["error"]) == (t.user_attrs["memory"] > 1.6e6)
+    # Memory: priced before training, within the constraint for every trained trial, on the path auto chose for it.
+    trained = complete + pruned
+    assert all(t.user_attrs["memory"] <= 1.6e6 for t in trained)
+    assert any(t.user_attrs["memory_efficient"] for t in trained), "seed 3 trains one on the efficient path"
+    assert any("max_params" not in t.user_attrs["error"] for t in failed["over_budget"]), "and rejects one on memory"
+    for t in trained:
+        a = t.user_attrs
+        efficient = a["memory_why"].startswith("auto: memory-efficient path")
+        assert a["memory_efficient"] == efficient == json.loads(a["config"])["model"]["memory_efficient"]
+        assert a["measured_peak_bytes"] > 0
+        if a["precision"].startswith("fp32"):        # emulated bf16 (a forced-bf16 run here) allocates fp32 scratch
+            assert abs(a["memory"] / a["measured_peak_bytes"] - 1) < 0.10, (a["memory"], a["measured_peak_bytes"])
     for t in failed["invalid"]:
         assert t.params["model.depth"] == 13 and "L=13 doesn't fit" in t.user_attrs["error"]
         assert "curve" not in t.user_attrs and "config" not in t.user_attrs

@@ -137,6 +137,7 @@ class Engine:
         self.unreachable: DatabaseUnreachable | None = None   # the study's database stopped answering
         self.trained = 0                                  # this run: trials told COMPLETE / PRUNED ...
         self.failed: list[tuple[int, str]] = []           # ... and FAIL(error), with their messages
+        self.cpu_channels_last = False                    # the layout CPU trials' memory is priced in (the study's)
 
     # --- ask and price ------------------------------------------------------------------------------------
 
@@ -190,7 +191,7 @@ class Engine:
                 run.train.seed = st.line_index(trials, trial.number)
             if self.num_threads:
                 run.train.num_threads = self.num_threads
-            cost = price(self.space, run)
+            cost = price(self.space, run, cpu_channels_last=self.cpu_channels_last)
         except UserError as e:
             self._reject(trial, "invalid", str(e))
             return None

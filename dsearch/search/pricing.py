@@ -100,16 +100,22 @@ class Price:
         return {PARAMS: self.params, MACS: self.macs, MEMORY: self.memory}
 
 
-def price(space: "SearchSpace", run: RunConfig, share: Share | None = None) -> Price:
+def price(space: "SearchSpace", run: RunConfig, share: Share | None = None, *,
+          cpu_channels_last: bool = False) -> Price:
     """Params, MACs and memory of a resolved trial; sets its memory path (model and train.memory_efficient).
 
-    Raises the config's UserError if the network does not fit its input."""
+    The layout: train.channels_last where set, else channels_last on a GPU and, on a CPU, the study's decision
+    (cpu_channels_last; contiguous until one is made). Raises the config's UserError if the network does not fit
+    its input."""
     share = share or local_share(space.resources)
     size = input_size(run.data)
+    layout = run.train.channels_last
+    if layout is None:
+        layout = True if share.device == "cuda" else cpu_channels_last
     efficient, why, memory = choose_memory_path(
         run.model, size, run.train.batch_size, dtype_name(run, share.device), setting=run.train.memory_efficient,
         share_bytes=share.bytes, limit_bytes=space.constraints.max_memory, device=share.device,
-        channels_last=share.device == "cuda")
+        channels_last=layout)
     run.model = run.model.with_overrides(memory_efficient=efficient)
     run.train.memory_efficient = efficient
     return Price(count_params(run.model), count_macs(run.model, size), memory.peak_bytes, efficient, why)

@@ -180,6 +180,7 @@ def run_search(space: "SearchSpace", study: "optuna.Study", study_dir: Path, dat
     ends = lambda: interruption() or engine.unreachable is not None     # noqa: E731
     b = space.budget
     layout = study_layout(space, study, data)      # CPU trials' memory layout, decided once per study
+    engine.cpu_channels_last = bool(layout and layout["channels_last"])     # what their memory is priced in
     trainable = tune.with_resources(tune.with_parameters(train_trial, data=data, layout=layout),
                                     {"cpu": r.cpu, "gpu": r.gpu})
     tuner = tune.Tuner(

@@ -3,7 +3,8 @@
 saved_bytes: the unique storages autograd saves for backward (torch.autograd.graph.saved_tensors_hooks), parameters
 and buffers excluded. measure_step: one training step as training/loop.py runs it (forward under autocast,
 cross-entropy on out.float(), zero_grad(set_to_none), backward, SGD step), its peak and its saved bytes:
-- on CUDA, torch.cuda.max_memory_allocated over the second step (everything the process has on the device);
+- on CUDA, torch.cuda.max_memory_allocated over the second step, less what the process held before building the
+  network (cuBLAS's and cuDNN's workspaces, allocated in the steps, count);
 - on a CPU, the running total of PyTorch's CPU allocator over the second step, as the profiler records it
   ([memory] events, profile_memory=True) with the model, optimizer and batch created under it, above the total at
   the trace's start: every tensor's bytes,
@@ -118,13 +119,15 @@ def measure_step(config: ModelConfig, batch_size: int, input_size: tuple[int, in
         return model, optimizer, x, y
 
     if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        base = torch.cuda.memory_allocated(device)     # what this process held before (other runs' tensors)
         model, optimizer, x, y = build()
         _step(model, optimizer, x, y, amp)
         torch.cuda.synchronize(device)
         torch.cuda.reset_peak_memory_stats(device)
         _step(model, optimizer, x, y, amp)
         torch.cuda.synchronize(device)
-        peak = int(torch.cuda.max_memory_allocated(device))
+        peak = int(torch.cuda.max_memory_allocated(device)) - base
     else:
         peak = _cpu_peak(build, amp)
         model, optimizer, x, y = build()
