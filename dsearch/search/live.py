@@ -5,7 +5,8 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from ..metrics import EPOCH, EPOCH_TIME, MACS, PARAMS, VAL_ACC
+from ..metrics import EPOCH, EPOCH_TIME, MACS, MEMORY, PARAMS, VAL_ACC
+from ..net.cost import format_bytes
 
 
 class LiveView:
@@ -46,7 +47,11 @@ class LiveView:
     def started(self, trial_id: str, number: Any, config: dict) -> None:
         self.rows[trial_id] = {"trial": number, "state": "RUNNING", EPOCH: 0, VAL_ACC: None,
                                PARAMS: config.get(PARAMS), MACS: config.get(MACS), "t": time.time()}
-        self._say(f"trial {number}: started ({config.get(PARAMS, 0):,} params, {config.get(MACS, 0):,} MACs)")
+        memory = ""
+        if config.get(MEMORY):
+            path = "memory-efficient" if config.get("run", {}).get("model", {}).get("memory_efficient") else "normal"
+            memory = f", step peak ≈ {format_bytes(config[MEMORY])} ({path} path)"
+        self._say(f"trial {number}: started ({config.get(PARAMS, 0):,} params, {config.get(MACS, 0):,} MACs{memory})")
 
     def result(self, trial_id: str, result: dict) -> None:
         row = self.rows.get(trial_id)
