@@ -53,7 +53,7 @@ def test_auto_keeps_the_normal_path_while_it_fits_and_switches_when_it_does_not(
     assert (on, mem.peak_bytes) == (False, normal) and why.startswith("auto: normal path")
     on, why, mem = choose_memory_path(BC100, size, batch, "bf16", share_bytes=roomy - 2, device="cuda",
                                       channels_last=True)
-    assert (on, mem.peak_bytes) == (True, efficient) and "exceeds 90% of the trial's" in why
+    assert (on, mem.peak_bytes) == (True, efficient) and "exceeds 90% of its" in why
     # A constraint below the normal path's need turns the efficient path on too; forcing wins over both.
     assert choose_memory_path(BC100, size, batch, "bf16", limit_bytes=normal - 1, device="cuda")[0]
     assert not choose_memory_path(BC100, size, batch, "bf16", setting=False, share_bytes=1)[0]

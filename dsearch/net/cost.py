@@ -294,7 +294,7 @@ def choose_memory_path(config: ModelConfig, input_size: tuple[int, int, int], ba
         on = config.memory_efficient
         return on, f"model.memory_efficient: {str(on).lower()}", memory(on)
     normal = memory(False)
-    room = [(FIT_MARGIN * share_bytes, f"{FIT_MARGIN:.0%} of the trial's {format_bytes(share_bytes)} share")
+    room = [(FIT_MARGIN * share_bytes, f"{FIT_MARGIN:.0%} of its {format_bytes(share_bytes)} share of the device")
             ] if share_bytes else []
     if limit_bytes is not None:
         room.append((limit_bytes, f"constraints.max_memory {format_bytes(limit_bytes)}"))

@@ -159,6 +159,11 @@ class _Setup:
     memory_efficient: bool = False
     memory_why: str = ""
 
+    def record(self) -> dict[str, Any]:
+        """What the run trains in, and why: Precision.record(), its dtype and layout, the memory path."""
+        return {**self.precision.record(), "dtype": DTYPE_NAMES[self.amp], CHANNELS_LAST: self.channels_last,
+                MEMORY_EFFICIENT: self.memory_efficient, MEMORY_WHY: self.memory_why}
+
     @property
     def amp(self) -> torch.dtype | None:
         return self.precision.amp
@@ -275,7 +280,7 @@ def _result(s: _Setup, history: list[dict[str, Any]], *, stopped: bool, test: tu
             clock: _Clock, t0: float) -> FitResult:
     """The FitResult of a finished fit; test is the final run's (loss, accuracy), None in a search run."""
     result = FitResult(model=s.model, history=history, stopped_early=stopped,
-                       epochs_trained=int(history[-1][EPOCH]) if history else 0, precision=s.precision.record())
+                       epochs_trained=int(history[-1][EPOCH]) if history else 0, precision=s.record())
     accs = [h[VAL_ACC] for h in history if h[VAL_ACC] is not None]
     if accs:
         result.best_val_acc, result.final_val_acc = max(accs), accs[-1]
@@ -316,8 +321,7 @@ def fit(run: RunConfig, data: TrainingData, *, callback: Callable[[dict], Any] |
     # A resumed run keeps the layout and dtype it started in (this node's probe or hardware may answer otherwise).
     s = _setup(run, data, model, resumed=ck, chosen_layout=layout)
     if on_start is not None:
-        on_start({**s.precision.record(), MEMORY_EFFICIENT: s.memory_efficient, MEMORY_WHY: s.memory_why,
-                  "dtype": DTYPE_NAMES[s.amp], CHANNELS_LAST: s.channels_last})
+        on_start(s.record())
     start, history = 0, []
     if ck is not None:
         start, history = _restore(s, ck)
