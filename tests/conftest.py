@@ -13,6 +13,9 @@ torch.set_num_threads(min(2, os.cpu_count() or 1))
 # The suite's own host cache (layout probes), shared by every test and the processes they start, as one host's is;
 # never the user's ~/.cache/dsearch. A test of the cache itself points DSEARCH_CACHE_DIR at its own folder.
 os.environ["DSEARCH_CACHE_DIR"] = tempfile.mkdtemp(prefix="dsearch-test-cache-")
+# A CPU trial profiles one training step to measure its peak memory; the profiler's start costs ~1.4 s in each worker
+# process, which adds up over the suite's searches. Off here, on where it is checked (test_search.py's tiny search).
+os.environ["DSEARCH_MEASURE_CPU_PEAK"] = "0"
 
 
 @pytest.fixture(autouse=True)

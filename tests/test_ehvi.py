@@ -243,3 +243,37 @@ def test_pruned_trials_count_with_the_typical_gain_to_come_and_errors_at_the_wor
     assert h.values == pytest.approx([0.8, 0.9, 0.8, 0.8])
     assert h.on_front == [True, True, True, False] and len(h.tried) == 5
     assert not math.isnan(sum(h.values))
+
+
+def test_memory_as_a_cost_objective_and_a_constraint():
+    # val_acc ↑ and memory ↓ (a training step's predicted peak), under max_memory: the proposer prices memory
+    # exactly, models it as a log-cost feature, and asks only for what fits (each feasible configuration once).
+    from dsearch.search.pricing import price
+
+    memory = lambda s, p: price(s, resolve(s, p)).memory                      # noqa: E731
+    base = "objectives: [{metric: val_acc, direction: maximize}, {metric: memory, direction: minimize}]"
+    probe = space(objectives=base)
+    needs = sorted(memory(probe, {"model.depth": d, "model.growth_rate": g, "train.lr": 0.1})
+                   for d in (10, 16, 22) for g in (4, 6, 8))
+    limit = needs[4]
+    s = space(objectives=base + f"\nconstraints: {{max_memory: {limit}}}")
+    assert s.metrics == ["val_acc", "memory"] and supports(s) is None and s.sampler_type == "random"
+    proposer = CostAwareProposer(s, seed=1)
+    assert proposer.cost_metrics == ["params", "macs", "memory"] and proposer.costs == [2]
+    within = {(d, g) for d in (10, 16, 22) for g in (4, 6, 8)
+              if memory(s, {"model.depth": d, "model.growth_rate": g, "train.lr": 0.1}) <= limit}
+    assert 4 <= len(within) < 9
+    study = new_study(s, optuna.storages.InMemoryStorage(), optuna.samplers.RandomSampler(seed=0))
+    asked = []
+    for _ in range(3 * len(within)):
+        trial = ask(proposer, study, s)
+        asked.append(trial.params)
+        study.tell(trial, [toy_acc(s, trial.params), memory(s, trial.params)])
+    assert {(p["model.depth"], p["model.growth_rate"]) for p in asked} == within
+    assert len({config_key(p) for p in asked}) == len(asked)
+    # Three costs (params, MACs and memory) are more than its hypervolume handles: TPE by default.
+    four = ("objectives: [{metric: val_acc, direction: maximize}, {metric: params, direction: minimize}, "
+            "{metric: macs, direction: minimize}, {metric: memory, direction: minimize}]")
+    assert supports(space(objectives=four)) == "three costs (params, macs, memory); it takes at most two"
+    text = SPACE.replace("OBJECTIVES", four).replace("SCHEDULER", "").replace("DEPTH", "22").replace("GROWTH", "8")
+    assert parse_space(text.replace("type: random, ", ""), "four.yaml").sampler_type == "tpe"

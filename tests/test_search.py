@@ -53,7 +53,8 @@ TINY_STEP_3 = TINY.replace("model.depth: {type: int, low: 10, high: 16, step: 6}
 
 def test_tiny_search_records_complete_pruned_and_rejected_trials(tmp_path):
     space = write_space(tmp_path, text=TINY_STEP_3)
-    proc = dsearch("run", space, "--study-dir", tmp_path / "study", "--quiet")
+    proc = dsearch("run", space, "--study-dir", tmp_path / "study", "--quiet",
+                   env={**os.environ, "DSEARCH_MEASURE_CPU_PEAK": "1"})     # off elsewhere in the suite
     assert proc.returncode == 0, proc.stderr
     study = optuna.load_study(study_name="tiny", storage=f"sqlite:///{tmp_path}/study/study.db")
     assert study.metric_names == ["val_acc", "params", "macs"]

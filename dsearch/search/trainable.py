@@ -79,6 +79,9 @@ def trial_device(t: TrainConfig, gpu_ids: list) -> str:
     return t.device
 
 
+MEASURE_CPU_PEAK = "DSEARCH_MEASURE_CPU_PEAK"
+
+
 def limit_gpu_memory(share: float, device: Any) -> None:
     """A trial with a fraction of a GPU (resources.gpu < 1) may allocate that fraction of its memory, no more: the
     trials packed on a device can't starve each other into out-of-memory errors."""
@@ -131,9 +134,11 @@ def _train(tune: Any, config: dict, data: Any, layout: dict | None = None) -> No
 
     def started(precision: dict) -> None:
         fixed.update({PRECISION: precision[PRECISION], PRECISION_WHY: precision[PRECISION_WHY]})
-        if device.type == "cpu":
+        if device.type == "cpu" and os.environ.get(MEASURE_CPU_PEAK, "1") != "0":
             # The process's RSS mixes in Ray, the data and the allocator's slack: one profiled step of this network
-            # at the run's batch, dtype and layout is the honest measure on a CPU (training/memory.py).
+            # at the run's batch, dtype and layout is the honest measure on a CPU (training/memory.py). It costs a
+            # fraction of a second (the profiler's first start in a process ~1.4 s); $DSEARCH_MEASURE_CPU_PEAK=0
+            # skips it.
             from ..training.memory import measure_step
             from ..training.precision import AMP_DTYPES
 
