@@ -294,7 +294,11 @@ def collect(queue, procs, n: int, timeout_s: float) -> list:
 def pack_once(n: int, a) -> dict:
     import multiprocessing as mp
 
-    ctx = mp.get_context("spawn")
+    # CUDA needs fresh processes (spawn). On a CPU (--dry-run) a fork server that has imported torch and this module
+    # once starts each worker in a fraction of a second instead of a fresh interpreter's few seconds.
+    ctx = mp.get_context("spawn" if a.device == "cuda" else "forkserver")
+    if a.device != "cuda":
+        ctx.set_forkserver_preload(["torch", "dsearch.net.model", __name__])
     barrier, queue = ctx.Barrier(n), ctx.Queue()
     amp, channels_last = (None, False) if a.device == "cpu" else ("bf16", True)
     procs = [ctx.Process(target=pack_worker, args=(rank, n, a.device, amp, channels_last, a.batch,
