@@ -10,7 +10,8 @@ from dsearch.net.cost import FIT_MARGIN, choose_memory_path, count_memory
 from dsearch.net.model import set_memory_efficient
 from dsearch.search import pricing
 from dsearch.search.io import load_space
-from dsearch.search.pricing import (Share, check_constraints, describe_share, over_budget, price, trial_share)
+from dsearch.search.pricing import (Share, check_constraints, describe_share, dtype_name, over_budget, price,
+                                    trial_share)
 from dsearch.search.sampling import resolve
 from dsearch.search.schema import Resources
 from pathlib import Path
@@ -85,7 +86,8 @@ def test_max_memory_rejects_what_even_the_efficient_path_cannot_fit():
     big = price(space, resolve(space, large), share)
     tiny = price(space, resolve(space, small), share)
     assert not big.memory_efficient and big.memory > tiny.memory
-    efficient = count_memory(resolve(space, large).model, (1, 28, 28), 64, "fp32", True).peak_bytes
+    dtype = dtype_name(resolve(space, large), "cpu")          # fp32 here; bf16 as on a CPU with bf16 units
+    efficient = count_memory(resolve(space, large).model, (1, 28, 28), 64, dtype, True).peak_bytes
     assert efficient < big.memory
     space.constraints.max_memory = (efficient + big.memory) / 2    # the efficient path fits, the normal one not
     cost = price(space, resolve(space, large), share)
@@ -113,3 +115,15 @@ def test_switching_a_built_network_to_the_efficient_path_computes_the_same_funct
     model(x).sum().backward()
     for g, p in zip(grads, model.parameters()):
         torch.testing.assert_close(p.grad, g, rtol=1e-4, atol=1e-5)
+
+
+def test_a_cpu_trial_is_priced_in_the_dtype_it_will_train_in(monkeypatch):
+    space = load_space(SPACES / "quickstart.yaml")
+    run = resolve(space, space.seed_trials[0])
+    monkeypatch.setenv("DSEARCH_ASSUME_NATIVE_BF16", "0")
+    assert dtype_name(run, "cpu") == "fp32" and dtype_name(run, "cuda") == "bf16"
+    fp32 = price(space, resolve(space, space.seed_trials[0]), Share("cpu", 8 * GIB)).memory
+    monkeypatch.setenv("DSEARCH_ASSUME_NATIVE_BF16", "1")        # as on a CPU with AVX-512 BF16 / AMX
+    assert dtype_name(run, "cpu") == "bf16"
+    bf16 = price(space, resolve(space, space.seed_trials[0]), Share("cpu", 8 * GIB)).memory
+    assert bf16 == count_memory(run.model, (1, 28, 28), 64, "bf16").peak_bytes < fp32

@@ -82,10 +82,10 @@ def describe_share(resources: "Resources", share: Share | None = None) -> str:
 
 def dtype_name(run: RunConfig, device: str) -> str:
     """The autocast dtype a trial will train in on `device` (as training/precision.choose_amp decides)."""
-    from ..training.precision import DTYPE_NAMES, choose_amp, read_cpu
+    from ..training.precision import DTYPE_NAMES, choose_amp, detect_cpu
 
     setting = run.train.amp
-    return DTYPE_NAMES[choose_amp(setting, device, cpu=read_cpu() if device == "cpu" else None)]
+    return DTYPE_NAMES[choose_amp(setting, device, cpu=detect_cpu() if device == "cpu" else None)]
 
 
 @dataclass(frozen=True)
