@@ -71,7 +71,9 @@ class PostgresServer:
 
     def resume(self) -> None:
         """Start the initialised server (again, after `stop`: an outage ends), on the same port."""
-        options = (f"-c listen_addresses=127.0.0.1 -p {self.port} -k {self.root} "
+        # max_connections: the session's drivers, lease holders and in-process storages share this one server; at
+        # the default 100 a late test could find no free slot ("remaining connection slots are reserved").
+        options = (f"-c listen_addresses=127.0.0.1 -p {self.port} -k {self.root} -c max_connections=400 "
                    "-c fsync=off -c synchronous_commit=off -c full_page_writes=off")
         self.run("pg_ctl", "-D", str(self.data), "-l", str(self.log), "-o", options, "-w", "-t", "60", "start",
                  as_owner=True)
