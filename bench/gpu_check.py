@@ -93,30 +93,11 @@ def model_config(spec):
     return resolve_config(spec) if isinstance(spec, str) else ModelConfig(**spec)
 
 
-def amp_dtype(name):
-    import torch
-
-    return {None: None, "bf16": torch.bfloat16}[name]
-
-
 def synchronize(device: str) -> None:
     import torch
 
     if device == "cuda":
         torch.cuda.synchronize()
-
-
-def train_step(model, optimizer, x, y, amp) -> None:
-    """One training step as dsearch's loop runs it: forward under autocast, cross-entropy on out.float()."""
-    import torch.nn.functional as F
-
-    from dsearch.training.precision import autocast
-
-    optimizer.zero_grad(set_to_none=True)
-    with autocast(x.device.type, amp):
-        out = model(x)
-    F.cross_entropy(out.float(), y).backward()
-    optimizer.step()
 
 
 def training_setup(model, input_size, batch: int, device: str, channels_last: bool, num_classes: int):
@@ -138,6 +119,9 @@ def time_cell(make, input_size, setting: str, a) -> dict:
     """Warm-up then timed training steps of a fresh model under one setting; images/s."""
     import torch
 
+    from dsearch.training.memory import train_step      # the step as dsearch's loop runs it
+    from dsearch.training.precision import AMP_DTYPES
+
     amp, channels_last, compiled, _ = SETTINGS[setting]
     torch.manual_seed(0)
     model = make()
@@ -146,11 +130,11 @@ def time_cell(make, input_size, setting: str, a) -> dict:
     run = torch.compile(model, backend=a.compile_backend) if compiled else model
     t0 = time.perf_counter()
     for _ in range(a.warmup):
-        train_step(run, optimizer, x, y, amp_dtype(amp))
+        train_step(run, optimizer, x, y, AMP_DTYPES.get(amp))
     synchronize(a.device)
     t1 = time.perf_counter()
     for _ in range(a.steps):
-        train_step(run, optimizer, x, y, amp_dtype(amp))
+        train_step(run, optimizer, x, y, AMP_DTYPES.get(amp))
     synchronize(a.device)
     took = time.perf_counter() - t1
     row = {"images_per_s": a.steps * a.batch / took, "ms_per_step": 1000 * took / a.steps,
@@ -244,6 +228,8 @@ def pack_worker(rank: int, n: int, device: str, amp: str | None, channels_last: 
         import torch
 
         from dsearch.net.model import build_model
+        from dsearch.training.memory import train_step
+        from dsearch.training.precision import AMP_DTYPES
 
         torch.set_num_threads(1)
         if device == "cuda":
@@ -254,12 +240,12 @@ def pack_worker(rank: int, n: int, device: str, amp: str | None, channels_last: 
         model, optimizer, x, y = training_setup(build_model(config), NETS["quickstart"][1], batch, device,
                                                 channels_last, config.num_classes)
         for _ in range(warmup):
-            train_step(model, optimizer, x, y, amp_dtype(amp))
+            train_step(model, optimizer, x, y, AMP_DTYPES.get(amp))
         synchronize(device)
         barrier.wait(timeout=300)
         images, t0 = 0, time.perf_counter()
         while time.perf_counter() - t0 < window_s:
-            train_step(model, optimizer, x, y, amp_dtype(amp))
+            train_step(model, optimizer, x, y, AMP_DTYPES.get(amp))
             images += batch
         synchronize(device)
         seconds = time.perf_counter() - t0
@@ -361,6 +347,7 @@ def memory_rows(device: str, names: list, dtypes: list, channels_last: bool, bat
 
     from dsearch.net.cost import count_memory
     from dsearch.training.memory import measure_step
+    from dsearch.training.precision import AMP_DTYPES      # fp32: not a key, None
 
     if threads:
         torch.set_num_threads(threads)
@@ -382,7 +369,7 @@ def memory_rows(device: str, names: list, dtypes: list, channels_last: bool, bat
                         row["allocated_before_bytes"] = torch.cuda.memory_allocated()
                     predicted = count_memory(config, size, b, dtype, efficient, device=device,
                                              channels_last=channels_last)
-                    measured = measure_step(config, b, size, amp=amp_dtype(None if dtype == "fp32" else dtype),
+                    measured = measure_step(config, b, size, amp=AMP_DTYPES.get(dtype),
                                             device=device, channels_last=channels_last)
                     row.update({"saved_predicted": predicted.saved_bytes, "saved_measured": measured.saved_bytes,
                                 "saved_equal": predicted.saved_bytes == measured.saved_bytes,

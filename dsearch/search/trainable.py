@@ -141,11 +141,11 @@ def _train(tune: Any, config: dict, data: Any, layout: dict | None = None) -> No
             # skips it.
             from ..training.memory import measure_step
             from ..training.precision import AMP_DTYPES
+            from .sampling import input_size
 
             fixed[MEASURED_PEAK_BYTES] = measure_step(
                 run.model.with_overrides(memory_efficient=precision[MEMORY_EFFICIENT]), run.train.batch_size,
-                (run.data.info.in_channels, run.data.info.image_size, run.data.info.image_size),
-                amp=AMP_DTYPES.get(precision["dtype"]), channels_last=precision["channels_last"]).peak_bytes
+                input_size(run.data), amp=AMP_DTYPES.get(precision["dtype"]), channels_last=precision["channels_last"]).peak_bytes
 
     chosen = (layout["channels_last"], layout["why"]) if layout else None
     result = fit(run, data, callback=report, checkpoint_path=ckpt_path, resume=bool(config.get(RESUME_FROM)),

@@ -91,7 +91,9 @@ class StepMemory:
     peak_bytes: int
 
 
-def _step(model, optimizer, x, y, amp) -> None:
+def train_step(model, optimizer, x, y, amp) -> None:
+    """One SGD step in training/loop.py's order: forward and loss, then zero_grad, backward, step (the last
+    step's gradients are alive through the forward, as in training)."""
     with autocast(x.device.type, amp):
         out = model(x)
     loss = F.cross_entropy(out.float(), y)
@@ -122,10 +124,10 @@ def measure_step(config: ModelConfig, batch_size: int, input_size: tuple[int, in
         torch.cuda.synchronize(device)
         base = torch.cuda.memory_allocated(device)     # what this process held before (other runs' tensors)
         model, optimizer, x, y = build()
-        _step(model, optimizer, x, y, amp)
+        train_step(model, optimizer, x, y, amp)
         torch.cuda.synchronize(device)
         torch.cuda.reset_peak_memory_stats(device)
-        _step(model, optimizer, x, y, amp)
+        train_step(model, optimizer, x, y, amp)
         torch.cuda.synchronize(device)
         peak = int(torch.cuda.max_memory_allocated(device)) - base
     else:
@@ -142,9 +144,9 @@ def _cpu_peak(build, amp) -> int:
     gc.collect()      # earlier garbage freed now, not inside the trace (it would lower the running total there)
     with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         model, optimizer, x, y = build()
-        _step(model, optimizer, x, y, amp)           # gradients and momentum buffers exist from here on
+        train_step(model, optimizer, x, y, amp)      # gradients and momentum buffers exist from here on
         with record_function(STEP):
-            _step(model, optimizer, x, y, amp)
+            train_step(model, optimizer, x, y, amp)
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "trace.json"
         prof.export_chrome_trace(str(path))
