@@ -152,3 +152,81 @@ def postgres_server():
                 server.stop()
         finally:
             shutil.rmtree(root, ignore_errors=True)
+
+
+# --- a real MLflow tracking server (tests/test_mlflow.py) ---------------------------------------------------------
+
+
+class MlflowServer:
+    """`mlflow server` on 127.0.0.1:port with a SQLite backend and a local artifact root, in a temp dir.
+
+    It takes ~10 s to start on the 2-core CI machine, so it is started in the background as soon as the session
+    knows a test will use it (pytest_collection_finish), and `mlflow_server` waits for it."""
+
+    def __init__(self) -> None:
+        import sys
+
+        self.root = Path(tempfile.mkdtemp(prefix="dsearch-mlflow-"))
+        self.port = _free_loopback_port()
+        self.uri = f"http://127.0.0.1:{self.port}"
+        self.log = self.root / "server.log"
+        mlflow = Path(sys.executable).with_name("mlflow")
+        self.proc = subprocess.Popen(
+            [str(mlflow), "server", "--backend-store-uri", f"sqlite:///{self.root / 'mlflow.db'}",
+             "--artifacts-destination", str(self.root / "artifacts"), "--host", "127.0.0.1",
+             "--port", str(self.port), "--workers", "1"],
+            stdout=open(self.log, "w"), stderr=subprocess.STDOUT, cwd=self.root, start_new_session=True)
+
+    def wait(self, timeout: float = 120.0) -> "MlflowServer":
+        import time
+        import urllib.request
+
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"mlflow server exited ({self.proc.returncode}): {self.log.read_text()[-2000:]}")
+            try:
+                with urllib.request.urlopen(f"{self.uri}/health", timeout=2) as r:
+                    if r.status == 200:
+                        return self
+            except OSError:
+                time.sleep(0.3)
+        raise RuntimeError(f"mlflow server not up after {timeout:.0f} s: {self.log.read_text()[-2000:]}")
+
+    def stop(self) -> None:
+        import signal
+
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
+_MLFLOW: dict = {}
+
+
+def pytest_collection_finish(session):
+    if any("mlflow_server" in getattr(item, "fixturenames", ()) for item in session.items):
+        import importlib.util
+
+        if importlib.util.find_spec("mlflow") is not None:
+            _MLFLOW["server"] = MlflowServer()
+
+
+def pytest_unconfigure(config):
+    server = _MLFLOW.pop("server", None)
+    if server is not None:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def mlflow_server():
+    """The session's MLflow tracking server, up (tests/test_mlflow.py)."""
+    server = _MLFLOW.get("server")
+    if server is None:
+        pytest.fail("mlflow is not installed: it is a test dependency (pip install -e '.[test]')")
+    return server.wait()

@@ -253,7 +253,7 @@ def test_a_driver_that_loses_its_lease_stops_with_exit_3_and_never_touches_the_n
     monkeypatch.setenv("DSEARCH_LEASE_TIMEOUT_S", "1.2")
     seen = {}
 
-    def run_search(space, study, study_dir, data, view, interrupted, trials, max_concurrent=None):
+    def run_search(space, study, study_dir, data, view, interrupted, trials, max_concurrent=None, **kw):
         assert pickle.loads(pickle.dumps(interrupted))() is False    # Tune pickles the engine that holds it
         ours = study.ask()
         ours.set_user_attr("epochs_trained", 1)

@@ -234,7 +234,7 @@ def test_sigterm_stops_a_run_as_a_first_ctrl_c_does_and_exits_143(tmp_path, monk
     from dsearch.cli import main
     from dsearch.search import runner
 
-    def search_until_a_signal(space, study, study_dir, data, view, stop, trials):
+    def search_until_a_signal(space, study, study_dir, data, view, stop, trials, **kw):
         study.ask()                                     # trial 0, in progress
         os.kill(os.getpid(), signal.SIGTERM)
         assert _wait_for(stop, 10), "SIGTERM did not ask the run to stop"

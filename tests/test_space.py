@@ -347,7 +347,7 @@ def test_a_space_error_is_a_user_error():
 
 @pytest.mark.parametrize("old, new, first", [
     ("budget", "budgett", "budgett: unknown key (allowed: name, data, objectives, budget, resources, sampler, "
-                          "constraints, fixed, params, seed_trials; did you mean budget?) (and 1 more)"),
+                          "constraints, fixed, params, seed_trials, tracking; did you mean budget?) (and 1 more)"),
     ("params", "parms", "parms: unknown key (allowed: "),
 ])
 def test_a_misspelt_key_is_reported_before_the_required_key_it_hides(tmp_path, old, new, first):

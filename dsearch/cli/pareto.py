@@ -8,7 +8,9 @@ against the best full-budget trial at similar params, and the hyperparameters th
 page carries the same summary above its figures.
 
 Everything is checked before anything is written, and the one write into the study (the dashboard
-figures, as study system attrs) comes last and only while no `dsearch run` holds the study's lock.
+figures, as study system attrs) comes last and only while no `dsearch run` holds the study's lock. A study whose
+search was tracked to MLflow (or `--mlflow URI`) gets pareto.html and pareto.csv on its parent run, and its front
+trials' child runs the tag dsearch.front=true (search/tracking.py).
 
 The study is a study directory (SQLite inside it), or `--storage URL [--study NAME]` with no local folder
 needed: the space then comes from the copy stored in the study, and pareto.csv / pareto.html go to
@@ -33,6 +35,7 @@ from ..errors import UserError
 from ..search.io import open_study_with_space
 from ..search.lock import StudyLease, StudyLock
 from ..search.storage import display_url, storage_url
+from ..search.tracking import publish_front
 from .app import app
 
 if TYPE_CHECKING:
@@ -61,7 +64,7 @@ def study_args(study_dir: Path | None, storage: str | None, study_name: str) -> 
 def pareto_command(study_dir: Path | None, storage: str | None = None, objectives: str | None = None,
                    csv: Path | None = None, html_path: Path | None = None, reference: str | None = None,
                    include_partial: bool = False, study_name: str | None = None,
-                   json_path: Path | None = None) -> Report:
+                   json_path: Path | None = None, mlflow: str | None = None) -> Report:
     """Print the front and its summary, write CSV and HTML, save the figures for the dashboard."""
     from ..analysis.search_figures import build_figures
 
@@ -102,6 +105,8 @@ def pareto_command(study_dir: Path | None, storage: str | None = None, objective
         ids = save_dashboard_figures(study, figures, figure_ids(chosen, include_partial, figures))
         console.print(f"dashboard: {len(ids)} figures saved in the study "
                       f"(`dsearch dashboard {study_args(study_dir, storage, study.study_name)}`)")
+    publish_front(study, space, [Path(html_out), Path(csv_out)], [int(n) for n in report.front["trial"]], mlflow,
+                  storage_url(study_dir, storage), say=console.print)
     console.print(f"HTML: {html_out}")
     console.print(f"CSV: {csv_out}")
     if json_out:
@@ -160,7 +165,9 @@ def pareto(
     json_path: Optional[Path] = typer.Option(None, "--json", help="also write the summary as JSON here (raw and "
                                                                   "normalised hypervolume, rungs, importance, "
                                                                   "seed trials, front)"),
+    mlflow: Optional[str] = typer.Option(None, "--mlflow", help="MLflow tracking URI to attach the front to "
+                                         "(default: where the study's search was tracked, if it was)"),
 ) -> None:
     """The Pareto front of full-budget trials: table, hypervolume, rung correlations, importance, what the study
     says, CSV, HTML, dashboard figures."""
-    pareto_command(study_dir, storage, objectives, csv, html, reference, include_partial, study, json_path)
+    pareto_command(study_dir, storage, objectives, csv, html, reference, include_partial, study, json_path, mlflow)

@@ -13,6 +13,7 @@ from ..search.io import SPACE_FILE, check_same_space, load_space
 from ..search.schema import SearchSpace
 from ..search.session import run_study
 from ..search.storage import STUDY_DB, check_storage
+from ..search.tracking import check_tracking
 from .app import app
 
 
@@ -33,12 +34,15 @@ def with_overrides(space: SearchSpace, cpus: float | None, gpus: float | None) -
 
 def run_command(space_path: Path, study_dir: Path | None, storage: str | None, ray_address: str | None,
                 cpus: float | None, gpus: float | None, quiet: bool = False,
-                storage_path: str | None = None) -> dict[str, Any]:
+                storage_path: str | None = None, mlflow: str | None = None) -> dict[str, Any]:
     """Run or continue a search; returns the summary (counts by state, best val_acc, wall time).
 
     Raises RunInterrupted after SIGINT / SIGTERM, once the running trials are queued again.
     """
     space = with_overrides(load_space(space_path), cpus, gpus)
+    if mlflow:
+        space = space.model_copy(update={"tracking": space.tracking.model_copy(update={"mlflow": mlflow})})
+    check_tracking(space)              # MLflow asked for but not installed: before Ray starts
     if storage:
         check_storage(storage)         # a bad URL or a missing driver: one line, before Ray starts
     study_dir = Path(study_dir or Path("studies") / space.name)
@@ -52,7 +56,8 @@ def run_command(space_path: Path, study_dir: Path | None, storage: str | None, r
         raise UserError(f"{study_dir} holds a study but no {SPACE_FILE}; use a new --study-dir")
     again = " ".join([f"dsearch run {space_path} --study-dir {study_dir}"]
                      + [f"{flag} {value}" for flag, value in (("--storage", storage), ("--storage-path", storage_path),
-                                                               ("--ray-address", ray_address)) if value])
+                                                               ("--ray-address", ray_address),
+                                                               ("--mlflow", mlflow)) if value])
     return run_study(space, study_dir, storage, ray_address, trials, storage_path is None, again,
                      say=(lambda line: None) if quiet else print, live=not quiet)
 
@@ -78,12 +83,15 @@ def run(
     cpus_per_trial: Optional[float] = typer.Option(None, "--cpus-per-trial", help="override resources.cpu"),
     gpus_per_trial: Optional[float] = typer.Option(None, "--gpus-per-trial", help="override resources.gpu"),
     quiet: bool = typer.Option(False, "--quiet", help="no live table"),
+    mlflow: Optional[str] = typer.Option(
+        None, "--mlflow", help="log the search to this MLflow tracking URI (overrides tracking.mlflow): a parent "
+        "run for the study, a child run per trial; needs dsearch[mlflow]"),
 ) -> None:
     """Run (or continue) a search: Ray Tune + ASHA trials recorded in an Optuna study."""
     # After SIGINT / SIGTERM run_command raises RunInterrupted: main says how to continue, exit 128 + signal.
     try:
         summary = run_command(space, study_dir, storage, ray_address, cpus_per_trial, gpus_per_trial, quiet,
-                              storage_path)
+                              storage_path, mlflow)
     except (RunInterrupted, RunFailed) as e:
         print_summary(e.summary)       # the study's state, then main's one line
         raise

@@ -35,6 +35,7 @@ from .schema import KNOWN_BEFORE_TRAINING as COSTS
 from .reports import (CHECKPOINT_FILE, NODE, NODE_ID, NODE_IP, PRECISION, PRECISION_WHY, RESUME_FROM,
                       WORKER_PID, extend_curve)
 from .storage import DatabaseUnreachable
+from .tracking import Tracker
 
 if TYPE_CHECKING:
     import optuna
@@ -112,6 +113,7 @@ class Engine:
     `admit(run_config, params)` is an executor's own check before training (the replay: is the configuration
     in the table?); a reason string rejects the sample like an infeasible one (FAIL, not counted).
     `clock` gives the time recorded as a trial's wall time (the replay passes its simulated clock).
+    `tracker` hears what the study is told (tracking.py: MLflow); it never raises and never waits.
     """
 
     def __init__(self, space: "SearchSpace", study: "optuna.Study", study_dir: Path | None = None,
@@ -119,11 +121,12 @@ class Engine:
                  storage: artifacts.TrialStorage | None = None, rule: RungRule | None = None,
                  proposer: Proposer | None = None,
                  admit: Callable[["RunConfig", dict], str | None] | None = None,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time, tracker: Tracker | None = None) -> None:
         self.space, self.study, self.num_threads = space, study, num_threads
         self.study_dir = Path(study_dir).resolve() if study_dir is not None else None
         self.storage = storage or (artifacts.TrialStorage.of_study(self.study_dir) if self.study_dir else None)
         self.interrupted, self.admit, self.clock = interrupted, admit, clock
+        self.tracker = tracker or Tracker()
         self.proposer = proposer or space_proposer(space, space.sampler.seed)
         self.rule = rule if rule is not None else space_rungs(space)
         history = st.rung_history(study)
@@ -161,6 +164,8 @@ class Engine:
                 self.live[trial.number] = {"trial": trial, "start": self.clock(), "curve": [], "times": [],
                                            "last": {}, LINE: proposal[LINE],
                                            **{m: proposal[m] for m in COSTS}}
+                self.tracker.started(trial.number, proposal[LINE], trial.params, proposal["run"],
+                                     {m: proposal[m] for m in COSTS})
                 return proposal
 
     def _infeasible(self) -> str:
@@ -175,6 +180,7 @@ class Engine:
     def _reject(self, trial: Any, reason: str, message: str, attrs: dict | None = None) -> None:
         st.tell_failed(self.study, trial, reason, message, attrs)
         self.rejected[reason] = self.rejected.get(reason, 0) + 1
+        self.tracker.rejected(reason)
         self.proposer.told(trial.number, "FAIL", {})
 
     def _continued(self, trial: Any) -> Any | None:
@@ -253,6 +259,7 @@ class Engine:
         info = self.live.get(number)
         if info is not None and self._take(info, result):
             self._save_curve(info)
+            self.tracker.epoch(info[LINE], result)
 
     def _save_curve(self, info: dict) -> None:
         attrs = {st.CURVE: info["curve"], st.EPOCH_TIMES: info["times"],
@@ -286,6 +293,8 @@ class Engine:
         if info is None:
             return None
         new = self._take(info, result)
+        if new:
+            self.tracker.epoch(info[LINE], result)
         if self.interrupted() and not stopped and info["last"].get(EPOCH, 0) < self.space.budget.max_epochs:
             if new:
                 self._save_curve(info)
@@ -295,6 +304,7 @@ class Engine:
         state = st.tell_finished(self.study, info["trial"], metrics, int(info["last"].get(EPOCH, 0)),
                                  self.space.budget.max_epochs, self._attrs(info))
         self.trained += 1
+        self.tracker.ended(number, info[LINE], state)
         self.proposer.told(number, state, metrics)
         return state
 
@@ -326,6 +336,7 @@ class Engine:
         st.tell_failed(self.study, info["trial"], "error", f"{message[:1500]} ({where})",
                        {**attrs, st.ERROR_KIND: kind})
         self.failed.append((number, message))
+        self.tracker.ended(number, info[LINE], "FAIL", "error", message[:1500])
         self.proposer.told(number, "FAIL", {})
 
     @_records
@@ -333,4 +344,6 @@ class Engine:
         """A trial saved a checkpoint at `path` (a folder in the trial storage): record where."""
         info = self.live.get(number)
         if info is not None and self.storage is not None:
-            st.set_attrs(info["trial"], {st.CHECKPOINT: self.storage.locate(f"{path.rstrip('/')}/{CHECKPOINT_FILE}")})
+            location = self.storage.locate(f"{path.rstrip('/')}/{CHECKPOINT_FILE}")
+            st.set_attrs(info["trial"], {st.CHECKPOINT: location})
+            self.tracker.checkpoint(info[LINE], location)

@@ -24,8 +24,9 @@ from .schema import (PARAM_TYPES, Budget, Constraints, Resources, SamplerConfig,
 SPACE_FILE = "space.yaml"   # the resolved copy of the space, beside the study
 
 # Keys that may change between runs of one study: where and how wide it runs, how many trials, and which sampler
-# proposes the next ones (a study started with `type: tpe` continues under the default, EHVI, and back).
-MAY_CHANGE = ("resources.", "budget.max_concurrent_trials", "budget.num_samples", "sampler.type")
+# proposes the next ones (a study started with `type: tpe` continues under the default, EHVI, and back), and where
+# it is tracked.
+MAY_CHANGE = ("resources.", "budget.max_concurrent_trials", "budget.num_samples", "sampler.type", "tracking.")
 
 
 class SpaceError(UserError, ValueError):
@@ -139,7 +140,7 @@ def dump_space(space: SearchSpace) -> str:
 
 def diff_spaces(a: SearchSpace, b: SearchSpace) -> list[str]:
     """Human-readable differences, one per changed key: `budget.max_epochs: 300 → 200`."""
-    fa, fb = _flatten(yaml.safe_load(dump_space(a))), _flatten(yaml.safe_load(dump_space(b)))
+    fa, fb = flatten_keys(yaml.safe_load(dump_space(a))), flatten_keys(yaml.safe_load(dump_space(b)))
     out = []
     for key in list(fa) + [k for k in fb if k not in fa]:
         va, vb = fa.get(key, "(absent)"), fb.get(key, "(absent)")
@@ -148,12 +149,13 @@ def diff_spaces(a: SearchSpace, b: SearchSpace) -> list[str]:
     return out
 
 
-def _flatten(d: Any, prefix: str = "") -> dict[str, Any]:
+def flatten_keys(d: Any, prefix: str = "") -> dict[str, Any]:
+    """Nested dicts as {dotted.key: leaf}; an empty dict is a leaf."""
     if not isinstance(d, dict) or not d:
         return {prefix: d}
     out: dict[str, Any] = {}
     for k, v in d.items():
-        out.update(_flatten(v, f"{prefix}.{k}" if prefix else str(k)))
+        out.update(flatten_keys(v, f"{prefix}.{k}" if prefix else str(k)))
     return out
 
 

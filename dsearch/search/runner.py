@@ -163,10 +163,10 @@ class Interruption:
 
 def run_search(space: "SearchSpace", study: "optuna.Study", study_dir: Path, data: Any, view: Any,
                interruption: Callable[[], bool], storage: artifacts.TrialStorage,
-               max_concurrent: int | None = None) -> Engine:
+               max_concurrent: int | None = None, tracker: Any = None) -> Engine:
     """Run the trials the study still owes (num_samples minus counted) on Ray Tune, until done or interrupted.
 
-    Ray keeps trial folders and checkpoints in `storage` (TrialStorage.of_study: the study folder's ray/). Returns the
+    `tracker` hears what the study is told (tracking.py). Ray keeps trial folders and checkpoints in `storage` (TrialStorage.of_study: the study folder's ray/). Returns the
     engine, which counts the trials this run trained and those that failed. Raises DatabaseUnreachable once the
     study's database stopped answering (its trials left RUNNING, resumable); `interruption()` (Ctrl-C, a lost
     lease) also ends a wait for it.
@@ -175,7 +175,7 @@ def run_search(space: "SearchSpace", study: "optuna.Study", study_dir: Path, dat
 
     r = space.resources
     threads = max(1, int(r.cpu))
-    engine = Engine(space, study, study_dir, threads, interrupted=interruption, storage=storage)
+    engine = Engine(space, study, study_dir, threads, interrupted=interruption, storage=storage, tracker=tracker)
     searcher = StudySearcher(engine)
     ends = lambda: interruption() or engine.unreachable is not None     # noqa: E731
     b = space.budget

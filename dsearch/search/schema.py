@@ -122,6 +122,14 @@ class Constraints(StrictModel):
     max_memory: float | None = Field(None, gt=0)     # bytes: a training step's predicted peak (net/cost.count_memory)
 
 
+class Tracking(StrictModel):
+    """Where the search is logged besides its study: an MLflow tracking URI (http://host:5000, file:./mlruns,
+    databricks, ...) and the experiment (default: the study's name). See search/tracking.py."""
+
+    mlflow: str | None = None
+    experiment: str | None = None
+
+
 class _Param(StrictModel):
     when: dict[str, list[Any]] | None = None
 
@@ -211,6 +219,7 @@ class SearchSpace(StrictModel):
     fixed: dict[str, Any] = Field(default_factory=dict)
     params: dict[str, Param]
     seed_trials: list[dict[str, Any]] = Field(default_factory=list)
+    tracking: Tracking = Field(default_factory=Tracking)
 
     @field_validator("name")
     @classmethod

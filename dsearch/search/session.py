@@ -21,6 +21,7 @@ from .lock import LOCK_FILE, StudyLease, StudyLock
 from .pricing import describe_share
 from .rungs import describe as describe_rungs
 from .storage import open_storage, storage_url
+from .tracking import end_tracking, start_tracking
 
 if TYPE_CHECKING:
     import optuna
@@ -80,11 +81,13 @@ def run_study(space: "SearchSpace", study_dir: Path, storage: str | None, ray_ad
                 if requeued:
                     say(f"resuming: trials {requeued} were interrupted; they are queued again, to continue "
                         "from their last checkpoints")
+                tracker = start_tracking(space, study, storage_url(study_dir, storage), say)
+                engine = None
                 with runner.Interruption() as interruption, \
                         LiveView(space.budget.max_epochs, space.budget.num_samples, enabled=live) as view:
                     try:
                         engine = runner.run_search(space, study, study_dir, data, view, _Stop(interruption, lease),
-                                                   trials)
+                                                   trials, tracker=tracker)
                     except Exception as e:
                         if lease is not None and lease.lost:   # a write to a trial the new holder failed
                             raise lease.lost_error() from e
@@ -94,6 +97,8 @@ def run_study(space: "SearchSpace", study_dir: Path, storage: str | None, ray_ad
                         # new holder's, which fails and requeues ours itself.
                         lost = lease is not None and lease.lost is not None
                         stopped = [] if lost else st.fail_interrupted(study)
+                        end_tracking(tracker, study, t0, interruption.signum is not None or engine is None,
+                                     engine is not None and bool(engine.failed) and not engine.trained)
                 if lost:
                     raise lease.lost_error()
         finally:
