@@ -326,3 +326,30 @@ def test_eight_drivers_race_for_the_lease_one_takes_it_and_a_driver_whose_lease_
     finally:
         winner.release()
     assert storage.get_study_system_attrs(study_id)[LEASE_ATTR] == other
+
+
+def test_status_reads_a_live_drivers_lease_on_postgresql_and_writes_nothing(postgres_server, capsys, tmp_path,
+                                                                           monkeypatch):
+    import os
+
+    from dsearch.search.lock import LEASE_ATTR, StudyLease
+    from studies import new_study
+
+    monkeypatch.chdir(tmp_path)
+    url = postgres_server.new_database("status")
+    new_study("s", url).enqueue_trial({"x": 1})
+    lease = StudyLease(url, "s", host="gpu-box-7")        # as a driver on another host: beats every 10 s
+    lease.acquire()
+    try:
+        storage = optuna.storages.get_storage(url)
+        written = storage.get_study_system_attrs(storage.get_study_id_from_name("s"))[LEASE_ATTR]
+        assert main(["status", "--storage", url, "--study", "s", "--json"]) == 0
+        status = json.loads(capsys.readouterr().out)
+        assert storage.get_study_system_attrs(storage.get_study_id_from_name("s"))[LEASE_ATTR] == written
+    finally:
+        lease.release()
+    assert status["driver"] == {**status["driver"], "source": "lease", "host": "gpu-box-7", "pid": os.getpid(),
+                                "alive": True, "beat": 1, "heartbeat": written["heartbeat"], "released": False}
+    assert status["counts"]["WAITING"] == 1 and status["front_size"] == 0 and list(tmp_path.iterdir()) == []
+    assert main(["status", "--storage", url, "--study", "s", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["driver"]["released"] is True

@@ -351,3 +351,48 @@ def _busy(name: str, held: dict, timeout_s: float, evidence: str) -> str:
     return (f"study {name!r} is being run by pid {held.get('pid')} on host {held.get('host')} ({evidence}); wait "
             f"for it, or if that driver is dead, run again: its lease is taken over once its heartbeat has stood "
             f"still for {timeout_s:.0f} s")
+
+
+# --- read-only views (`dsearch status`): no lock taken, no lease written, nothing created ------------------------
+
+
+def lock_holder(study_dir: Path) -> dict | None:
+    """{"pid", "host"} of the process holding STUDY_DIR/run.lock (either None if it hasn't written them yet), else
+    None. Never creates the file and never waits: a shared flock tried for an instant, as StudyLock.holder()."""
+    try:
+        with open(Path(study_dir) / LOCK_FILE) as f:       # "r": an absent file stays absent
+            try:
+                fcntl.flock(f, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            except BlockingIOError:
+                words = f.read().split()
+                pid = int(words[0]) if words and words[0].isdigit() else None
+                return {"pid": pid, "host": words[1] if len(words) > 1 else None}
+            fcntl.flock(f, fcntl.LOCK_UN)
+    except OSError:
+        return None
+    return None
+
+
+def read_lease(url: str, study_name: str, storage: Any = None, now: float | None = None) -> dict | None:
+    """The lease recorded in study `study_name` (host, pid, beat, heartbeat: Unix time by the holder's clock, ...),
+    with `released`, `same_machine`, `age_s` (now − heartbeat, by this host's clock) and `alive` added; None if
+    the study has none. Reads only. `alive` is the judgement of StudyLease.holder: not released, heartbeat younger
+    than the lease timeout, and on this machine its pid running; from another host its age compares two clocks,
+    so it is a hint (a driver taking over watches the heartbeat move instead)."""
+    import sqlalchemy as sa
+
+    from .storage import open_storage
+
+    storage = storage if storage is not None else open_storage(url)
+    table, study_id = _table(), storage.get_study_id_from_name(study_name)
+    with storage.engine.connect() as conn:
+        lease = _parse(conn.execute(sa.select(table.c.value_json).where(
+            table.c.study_id == study_id, table.c.key == LEASE_ATTR)).scalar_one_or_none())
+    if lease is None:
+        return None
+    timeout_s = float(os.environ.get("DSEARCH_LEASE_TIMEOUT_S", LEASE_TIMEOUT_S))
+    boot = _boot_id()
+    same = bool(boot) and lease.get("boot") == boot and lease.get("host") == socket.gethostname()
+    age = (time.time() if now is None else now) - float(lease.get("heartbeat") or 0.0)
+    alive = not _released(lease) and age < timeout_s and (not same or _alive(lease.get("pid")))
+    return {**lease, "released": _released(lease), "same_machine": same, "age_s": age, "alive": alive}
