@@ -175,7 +175,10 @@ class MlflowServer:
             [str(mlflow), "server", "--backend-store-uri", f"sqlite:///{self.root / 'mlflow.db'}",
              "--artifacts-destination", str(self.root / "artifacts"), "--host", "127.0.0.1",
              "--port", str(self.port), "--workers", "1"],
-            stdout=open(self.log, "w"), stderr=subprocess.STDOUT, cwd=self.root, start_new_session=True)
+            stdout=open(self.log, "w"), stderr=subprocess.STDOUT, cwd=self.root, start_new_session=True,
+            # MLflow 3 starts a job runner and eight huey consumers beside the server (each imports mlflow: ~30 s of
+            # CPU while the suite runs, then polling); tracking needs none of them.
+            env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"})
 
     def wait(self, timeout: float = 120.0) -> "MlflowServer":
         import time

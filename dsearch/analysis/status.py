@@ -194,8 +194,9 @@ def _lock_dirs(study_dir: Path | None, url: str, name: str) -> list[Path]:
 
 
 def _refuse_missing(url: str, storage: str | None) -> None:
-    """UserError for a database Optuna would create, or fill with its tables, on opening: a SQLite file that isn't
-    there, a database without Optuna's tables. (A study folder without study.db: open_study says so.)"""
+    """UserError for a database Optuna would create, or write to, on opening: a SQLite file that isn't there, a
+    database without Optuna's tables or their schema version. (A study folder without study.db: open_study says
+    so.)"""
     import sqlalchemy as sa
 
     from ..search.storage import CONNECT_TIMEOUT_S, check_storage, db_exists, display_url
@@ -211,6 +212,10 @@ def _refuse_missing(url: str, storage: str | None) -> None:
     try:
         with engine.connect() as conn:
             has_studies = sa.inspect(conn).has_table("studies")
+            # Optuna writes the schema version once its tables are made (the driver may be making them now); until
+            # then, opening would write it too, and race the driver's write.
+            versioned = has_studies and sa.inspect(conn).has_table("alembic_version") and \
+                conn.execute(sa.text("SELECT count(*) FROM alembic_version")).scalar() > 0
     except sa.exc.SQLAlchemyError as e:
         cause = str(getattr(e, "orig", None) or e).strip().splitlines()
         raise UserError(f"{display_url(url)}: can't open the database ({cause[0] if cause else type(e).__name__}); "
@@ -220,6 +225,9 @@ def _refuse_missing(url: str, storage: str | None) -> None:
     if not has_studies:
         raise UserError(f"{display_url(url)} holds no study (no Optuna tables; `dsearch run SPACE.yaml` creates "
                         "them)")
+    if not versioned:
+        raise UserError(f"{display_url(url)}: the study's tables are being created (no schema version yet); "
+                        "try again in a moment")
 
 
 def _driver(lease: dict | None, lock: dict | None) -> Driver:
