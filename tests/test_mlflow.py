@@ -69,6 +69,10 @@ def test_a_requeued_trial_continues_its_lines_child_run_and_what_mlflow_missed_i
     line1 = runs_of(client, "lines-exp", line="1")
     assert len(line1) == 1 and line1[0].info.status == "KILLED" and line1[0].data.tags["dsearch.state"] == "INTERRUPTED"
     assert sync() == 0, "nothing missing: nothing sent again"
+    study.add_trial(create_trial(state=TrialState.RUNNING, params={"train.lr": 0.1}, user_attrs={   # trial 5
+        "config": json.dumps({"model": {"growth_rate": 6}, "train": {"lr": 0.1}}), "curve": [0.3]},
+        distributions={"train.lr": FloatDistribution(0.01, 1.0)}))
+    assert sync() == 0 and not runs_of(client, "lines-exp", line="5"), "a live run's trial is its driver's to log"
     study.add_trial(create_trial(state=TrialState.COMPLETE, values=[0.6, 100, 1000], params={"train.lr": 0.1},
                                  distributions={"train.lr": FloatDistribution(0.01, 1.0)}, user_attrs={
         "config": json.dumps({"model": {"growth_rate": 6}, "train": {"lr": 0.1}}), "curve": [0.2, 0.35, 0.6],
@@ -76,7 +80,7 @@ def test_a_requeued_trial_continues_its_lines_child_run_and_what_mlflow_missed_i
     assert sync() == 1
     after = runs_of(client, "lines-exp", line="1")
     assert [r.info.run_id for r in after] == [line1[0].info.run_id], "the requeued trial continues the line's run"
-    assert after[0].info.status == "FINISHED" and after[0].data.tags["dsearch.trial"] == "5"
+    assert after[0].info.status == "FINISHED" and after[0].data.tags["dsearch.trial"] == "6"
     assert history(client, after[0], "val_acc") == [(1, pytest.approx(0.2)), (2, pytest.approx(0.35)),
                                                     (3, pytest.approx(0.6))]
     assert len(runs_of(client, "lines-exp", role="study")) == 1 and len(runs_of(client, "lines-exp", role="trial")) == 4
@@ -106,7 +110,8 @@ def test_a_silent_tracking_server_never_holds_up_the_search(tmp_path):
     assert len(warnings) == 1 and "still sending after 1 s" in warnings[0]
 
 
-def test_an_unreachable_tracking_server_is_one_warning_line(tmp_path):
+def test_an_unreachable_tracking_server_is_one_warning_line(tmp_path, monkeypatch):
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")      # refused at once: no backoff to wait out
     port = socket.socket()
     port.bind(("127.0.0.1", 0))
     uri = f"http://127.0.0.1:{port.getsockname()[1]}"

@@ -55,6 +55,7 @@ def child_params(params: dict[str, Any], run: dict[str, Any]) -> dict[str, str]:
     """A child run's params: the sampled hyperparameters (`sampled.<key>`) and the whole resolved run config."""
     return {**{f"sampled.{k}": json.dumps(v) for k, v in params.items()}, **flatten(run)}
 
+
 class MlflowRecord:
     """The study's runs in MLflow, written synchronously: the parent (`open`), a child per line, and `sync`, which
     sends what MLflow misses of the study. `MlflowTracker` calls it from its thread; `dsearch pareto` directly."""
@@ -169,7 +170,8 @@ class MlflowRecord:
 
     def sync(self, trials: "list[FrozenTrial]") -> int:
         """Send what MLflow misses of the study's trials: runs for lines it doesn't know, their curves' missing
-        epochs, final states it hasn't seen. Returns how many lines were updated."""
+        epochs (val_acc: the study keeps no other metric per epoch), final states it hasn't seen. A line whose latest
+        trial is RUNNING is left to the driver running it. Returns how many lines were updated."""
         from optuna.trial import TrialState
 
         roots = st.lineages(trials)
@@ -183,8 +185,10 @@ class MlflowRecord:
                     latest[line] = t
         updated = 0
         for line, t in sorted(latest.items()):
+            if t.state == TrialState.RUNNING:     # a live run's (its driver logs it); a dead one's are requeued first
+                continue
             reason = t.user_attrs.get(st.FAIL_REASON)
-            state = "INTERRUPTED" if reason == "interrupted" or t.state == TrialState.RUNNING else t.state.name
+            state = "INTERRUPTED" if reason == "interrupted" else t.state.name
             child = self.children.get(line)
             if child is not None and child["trial"] == t.number and child["state"] == state:
                 continue
@@ -217,9 +221,11 @@ class MlflowRecord:
         for line, child in self.children.items():
             self.log(child["id"], tags={FRONT_TAG: "true" if line in front else "false"})
 
+
 def describe_error(e: BaseException) -> str:
     """`Type: message`, one line of at most 200 characters."""
     return f"{type(e).__name__}: {' '.join(str(e).split())[:200]}"
+
 
 def connect(uri: str) -> Any:
     """An MlflowClient for `uri`, with short HTTP retries and no links printed, unless the environment says

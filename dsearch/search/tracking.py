@@ -53,8 +53,10 @@ class Tracker:
     def close(self, status: str, summary: dict[str, Any] | None = None) -> None:
         """The run ended: FINISHED, KILLED (interrupted) or FAILED; `summary` as record.summarize gives it."""
 
+
 def _say_warning(line: str) -> None:
     print(f"dsearch: warning: {line}", file=sys.stderr, flush=True)
+
 
 class MlflowTracker(Tracker):
     """Sends a search's events to MLflow from a background thread (see the module doc).
@@ -125,6 +127,7 @@ class MlflowTracker(Tracker):
             self.broken = describe_error(e)
             self.warn(f"MLflow tracking at {self.record.uri} failed ({self.broken}); the search goes on untracked, "
                       "and the next `dsearch run` or `dsearch pareto` of this study sends what MLflow misses")
+
 
 def tracking_of(study: Any) -> dict[str, str] | None:
     """The {"uri", "experiment"} a run of the study last tracked to (TRACKING_ATTR), None if none did."""
