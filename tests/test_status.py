@@ -279,15 +279,21 @@ def test_bad_inputs_are_one_line_errors_that_create_nothing(case, study_dir, tmp
     assert not db.with_name("run.lock").exists()
 
 
-def test_watch_repeats_until_ctrl_c_which_exits_0_with_a_separator_off_a_tty(study_dir, capsys, monkeypatch):
-    sleeps = []
+@pytest.fixture
+def sleeps(monkeypatch):
+    """`--watch`'s sleeps, recorded; Ctrl-C (KeyboardInterrupt) comes during the second."""
+    slept = []
 
     def sleep(seconds):
-        sleeps.append(seconds)
-        if len(sleeps) == 2:
+        slept.append(seconds)
+        if len(slept) == 2:
             raise KeyboardInterrupt
 
     monkeypatch.setattr(status_cli.time, "sleep", sleep)
+    return slept
+
+
+def test_watch_repeats_until_ctrl_c_which_exits_0_with_a_separator_off_a_tty(study_dir, capsys, sleeps):
     capsys.readouterr()
     assert main(["status", str(study_dir), "--watch", "2.5"]) == 0
     out = capsys.readouterr()
@@ -296,15 +302,7 @@ def test_watch_repeats_until_ctrl_c_which_exits_0_with_a_separator_off_a_tty(stu
     assert status_cli.CLEAR not in out.out
 
 
-def test_watch_on_a_tty_clears_the_screen_before_each_refresh(study_dir, capsys, monkeypatch):
-    sleeps = []
-
-    def sleep(seconds):
-        sleeps.append(seconds)
-        if len(sleeps) == 2:
-            raise KeyboardInterrupt
-
-    monkeypatch.setattr(status_cli.time, "sleep", sleep)
+def test_watch_on_a_tty_clears_the_screen_before_each_refresh(study_dir, capsys, monkeypatch, sleeps):
     monkeypatch.setattr(sys.stdout, "isatty", lambda: True)
     assert main(["status", str(study_dir), "--watch", "1"]) == 0
     out = capsys.readouterr().out

@@ -51,18 +51,10 @@ class StudyLock:
 
     def holder(self) -> int | None:
         """The pid of another process holding the lock, else None (our own lock counts as free)."""
-        if self._file is not None or not self.path.exists():
+        if self._file is not None:
             return None
-        try:
-            with open(self.path) as f:
-                try:
-                    fcntl.flock(f, fcntl.LOCK_SH | fcntl.LOCK_NB)
-                except BlockingIOError:
-                    return _pid_in(self.path)
-                fcntl.flock(f, fcntl.LOCK_UN)
-        except OSError:
-            return None
-        return None
+        held = lock_holder(self.path.parent)
+        return held["pid"] if held else None
 
     def acquire(self) -> None:
         """Take the lock or raise UserError naming its holder; creates the study directory."""
@@ -147,12 +139,7 @@ class StudyLease:
         return _parse(self._read())
 
     def _read(self) -> str | None:
-        import sqlalchemy as sa
-
-        table = _table()
-        with self.storage.engine.connect() as conn:
-            return conn.execute(sa.select(table.c.value_json).where(
-                table.c.study_id == self.study_id, table.c.key == LEASE_ATTR)).scalar_one_or_none()
+        return _lease_text(self.storage, self.study_id)
 
     def _swap(self, old: str | None, new: str) -> bool:
         """Write `new` if the lease still reads `old` (None: no lease yet), atomically; whether it did.
@@ -183,9 +170,7 @@ class StudyLease:
         return bool(lease) and lease.get("token") == self.me["token"]
 
     def _same_machine(self, lease: dict) -> bool:
-        """Written on this machine: same host name and kernel boot, hence the same clock as ours."""
-        return (bool(self.me["boot"]) and lease.get("boot") == self.me["boot"]
-                and lease.get("host") == self.me["host"])
+        return _written_on(lease, self.me["host"], self.me["boot"])
 
     # --- taking it ---------------------------------------------------------------------------------------------
 
@@ -322,6 +307,21 @@ def _alive(pid: Any) -> bool:
     return True
 
 
+def _lease_text(storage: Any, study_id: int) -> str | None:
+    """The lease's raw JSON in study `study_id` of an RDB storage, None if it has none; one read."""
+    import sqlalchemy as sa
+
+    table = _table()
+    with storage.engine.connect() as conn:
+        return conn.execute(sa.select(table.c.value_json).where(
+            table.c.study_id == study_id, table.c.key == LEASE_ATTR)).scalar_one_or_none()
+
+
+def _written_on(lease: dict, host: str, boot: str) -> bool:
+    """Written on the machine of `host` and kernel `boot` (same host name and boot: the same clock)."""
+    return bool(boot) and lease.get("boot") == boot and lease.get("host") == host
+
+
 def _table() -> Any:
     from optuna.storages._rdb import models
 
@@ -379,20 +379,14 @@ def read_lease(url: str, study_name: str, storage: Any = None, now: float | None
     the study has none. Reads only. `alive` is the judgement of StudyLease.holder: not released, heartbeat younger
     than the lease timeout, and on this machine its pid running; from another host its age compares two clocks,
     so it is a hint (a driver taking over watches the heartbeat move instead)."""
-    import sqlalchemy as sa
-
     from .storage import open_storage
 
     storage = storage if storage is not None else open_storage(url)
-    table, study_id = _table(), storage.get_study_id_from_name(study_name)
-    with storage.engine.connect() as conn:
-        lease = _parse(conn.execute(sa.select(table.c.value_json).where(
-            table.c.study_id == study_id, table.c.key == LEASE_ATTR)).scalar_one_or_none())
+    lease = _parse(_lease_text(storage, storage.get_study_id_from_name(study_name)))
     if lease is None:
         return None
     timeout_s = float(os.environ.get("DSEARCH_LEASE_TIMEOUT_S", LEASE_TIMEOUT_S))
-    boot = _boot_id()
-    same = bool(boot) and lease.get("boot") == boot and lease.get("host") == socket.gethostname()
+    same = _written_on(lease, socket.gethostname(), _boot_id())
     age = (time.time() if now is None else now) - float(lease.get("heartbeat") or 0.0)
     alive = not _released(lease) and age < timeout_s and (not same or _alive(lease.get("pid")))
     return {**lease, "released": _released(lease), "same_machine": same, "age_s": age, "alive": alive}
