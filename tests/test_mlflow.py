@@ -57,7 +57,7 @@ def test_a_requeued_trial_continues_its_lines_child_run_and_what_mlflow_missed_i
     client = MlflowClient(mlflow_server.uri)
 
     def sync():
-        record = tracking.MlflowRecord(mlflow_server.uri, "lines-exp", "lines", "name: lines\n", {"name": "lines"})
+        record = tracking.MlflowRecord(mlflow_server.uri, "lines-exp", "lines", "name: lines\n")
         record.open(reopen=False)
         return record.sync(study.get_trials())
 
@@ -84,6 +84,13 @@ def test_a_requeued_trial_continues_its_lines_child_run_and_what_mlflow_missed_i
     assert history(client, after[0], "val_acc") == [(1, pytest.approx(0.2)), (2, pytest.approx(0.35)),
                                                     (3, pytest.approx(0.6))]
     assert len(runs_of(client, "lines-exp", role="study")) == 1 and len(runs_of(client, "lines-exp", role="trial")) == 4
+    # A requeued trial retrains the epochs after its last checkpoint: a step already logged is not logged again.
+    record = tracking.MlflowRecord(mlflow_server.uri, "lines-exp", "lines", "name: lines\n")
+    record.open(reopen=False)
+    record.epoch(1, {"epoch": 3, "val_acc": 0.99}, 0)
+    record.epoch(1, {"epoch": 4, "val_acc": 0.7}, 0)
+    assert history(client, after[0], "val_acc") == [(1, pytest.approx(0.2)), (2, pytest.approx(0.35)),
+                                                    (3, pytest.approx(0.6)), (4, pytest.approx(0.7))]
 
 
 def test_a_silent_tracking_server_never_holds_up_the_search(tmp_path):
@@ -94,7 +101,7 @@ def test_a_silent_tracking_server_never_holds_up_the_search(tmp_path):
     silent.listen(16)
     warnings = []
     try:
-        record = tracking.MlflowRecord(f"http://127.0.0.1:{silent.getsockname()[1]}", "x", "x", "", {})
+        record = tracking.MlflowRecord(f"http://127.0.0.1:{silent.getsockname()[1]}", "x", "x", "")
         tracker = tracking.MlflowTracker(record, [], warn=warnings.append)
         t0 = time.monotonic()
         for epoch in range(1, 200):
@@ -117,7 +124,7 @@ def test_an_unreachable_tracking_server_is_one_warning_line(tmp_path, monkeypatc
     uri = f"http://127.0.0.1:{port.getsockname()[1]}"
     port.close()              # nothing listens there now
     warnings = []
-    tracker = tracking.MlflowTracker(tracking.MlflowRecord(uri, "x", "x", "", {}), [], warn=warnings.append)
+    tracker = tracking.MlflowTracker(tracking.MlflowRecord(uri, "x", "x", ""), [], warn=warnings.append)
     tracker.started(0, 0, {}, {}, {})
     tracker.close("FINISHED", {}, timeout=30)
     assert len(warnings) == 1 and warnings[0].startswith(f"MLflow tracking at {uri} failed (")

@@ -21,6 +21,8 @@ import os
 import tempfile
 import time
 from pathlib import Path
+
+import yaml
 from typing import TYPE_CHECKING, Any
 
 from ..metrics import EPOCH, EPOCH_TIME, IMAGES_PER_S, LR, MACS, MEMORY, PARAMS, TRAIN_LOSS, VAL_ACC, VAL_LOSS
@@ -60,12 +62,12 @@ class MlflowRecord:
     """The study's runs in MLflow, written synchronously: the parent (`open`), a child per line, and `sync`, which
     sends what MLflow misses of the study. `MlflowTracker` calls it from its thread; `dsearch pareto` directly."""
 
-    def __init__(self, uri: str, experiment: str, study_name: str, space_yaml: str, space: dict[str, Any],
-                 storage_label: str = "") -> None:
+    def __init__(self, uri: str, experiment: str, study_name: str, space_yaml: str, storage_label: str = "") -> None:
         self.uri, self.experiment, self.study_name = uri, experiment, study_name
-        self.space_yaml, self.space, self.storage_label = space_yaml, space, storage_label
+        self.space_yaml, self.storage_label = space_yaml, storage_label
         self.parent: str | None = None
-        self.children: dict[int, dict[str, Any]] = {}   # line → {"id", "state", "trial"}
+        # line → {"id", "state", "trial", "step": the last epoch logged (None: not read from MLflow yet)}
+        self.children: dict[int, dict[str, Any]] = {}
         self.counts: dict[str, int] = {}
 
     def open(self, reopen: bool = True) -> None:
@@ -81,7 +83,7 @@ class MlflowRecord:
             run = self.client.create_run(self.experiment_id, run_name=self.study_name, tags={
                 STUDY_TAG: self.study_name, ROLE_TAG: STUDY_ROLE, STORAGE_TAG: self.storage_label})
             self.parent = run.info.run_id
-            self.log(self.parent, params=flatten(self.space))
+            self.log(self.parent, params=flatten(yaml.safe_load(self.space_yaml) or {}))
             with tempfile.TemporaryDirectory() as tmp:
                 path = Path(tmp) / "space.yaml"
                 path.write_text(self.space_yaml)
@@ -92,7 +94,8 @@ class MlflowRecord:
             tags = run.data.tags
             if LINE_TAG in tags:
                 self.children[int(tags[LINE_TAG])] = {"id": run.info.run_id, "state": tags.get(STATE_TAG),
-                                                      "trial": int(tags.get(TRIAL_TAG, tags[LINE_TAG]))}
+                                                      "trial": int(tags.get(TRIAL_TAG, tags[LINE_TAG])),
+                                                      "step": None}
 
     def log(self, run_id: str, params: dict[str, str] | None = None, metrics: list[tuple] | None = None,
             tags: dict[str, str] | None = None) -> None:
@@ -114,7 +117,8 @@ class MlflowRecord:
             created = self.client.create_run(self.experiment_id, run_name=f"trial {line}", tags={
                 PARENT_TAG: self.parent, STUDY_TAG: self.study_name, ROLE_TAG: TRIAL_ROLE, LINE_TAG: str(line),
                 TRIAL_TAG: str(number), STATE_TAG: "RUNNING"})
-            child = self.children[line] = {"id": created.info.run_id, "state": "RUNNING", "trial": number}
+            child = self.children[line] = {"id": created.info.run_id, "state": "RUNNING", "trial": number,
+                                           "step": 0}
             now = int(time.time() * 1000)
             self.log(child["id"], params=child_params(params, run),
                      metrics=[(k, v, 0, now) for k, v in costs.items() if k in COST_KEYS and v is not None])
@@ -125,10 +129,21 @@ class MlflowRecord:
         return child["id"]
 
     def epoch(self, line: int, result: dict[str, Any], timestamp: int) -> None:
+        """A new epoch of the line, at step = epoch. A requeued trial retrains the epochs its interrupted run
+        trained after its last checkpoint: those steps are logged already, and keep their first values (MLflow
+        can't replace a metric's point), so each epoch is in the history once."""
         child = self.children.get(line)
-        if child is not None and EPOCH in result:
-            self.log(child["id"], metrics=[(k, result[k], result[EPOCH], timestamp) for k in EPOCH_KEYS
-                                           if isinstance(result.get(k), (int, float))])
+        if child is None or EPOCH not in result or result[EPOCH] <= self._last_step(child):
+            return
+        self.log(child["id"], metrics=[(k, result[k], result[EPOCH], timestamp) for k in EPOCH_KEYS
+                                       if isinstance(result.get(k), (int, float))])
+        child["step"] = result[EPOCH]
+
+    def _last_step(self, child: dict[str, Any]) -> int:
+        """The last epoch logged to a child run (read from MLflow once, for a run an earlier process made)."""
+        if child["step"] is None:
+            child["step"] = max((m.step for m in self.client.get_metric_history(child["id"], VAL_ACC)), default=0)
+        return child["step"]
 
     def ended(self, number: int, line: int, state: str, reason: str | None = None,
               message: str | None = None) -> None:
@@ -194,7 +209,7 @@ class MlflowRecord:
                 continue
             self.started(t.number, line, t.params, json.loads(t.user_attrs[st.CONFIG]),
                          {k: t.user_attrs.get(k) for k in COST_KEYS})
-            self._backfill_curve(self.children[line]["id"], t)
+            self._backfill_curve(self.children[line], t)
             if t.user_attrs.get(st.CHECKPOINT):
                 self.tag(line, CHECKPOINT_TAG, str(t.user_attrs[st.CHECKPOINT]))
             if state == "INTERRUPTED" or state in RUN_STATUS:
@@ -203,13 +218,14 @@ class MlflowRecord:
             updated += 1
         return updated
 
-    def _backfill_curve(self, run_id: str, t: "FrozenTrial") -> None:
+    def _backfill_curve(self, child: dict[str, Any], t: "FrozenTrial") -> None:
         curve = t.user_attrs.get(st.CURVE) or []
-        have = {m.step for m in self.client.get_metric_history(run_id, VAL_ACC)}
+        have = {m.step for m in self.client.get_metric_history(child["id"], VAL_ACC)}
         when = t.datetime_complete or t.datetime_start
         stamp = int((when.timestamp() if when is not None else time.time()) * 1000)
-        self.log(run_id, metrics=[(VAL_ACC, acc, i + 1, stamp) for i, acc in enumerate(curve)
-                                  if acc is not None and i + 1 not in have])
+        self.log(child["id"], metrics=[(VAL_ACC, acc, i + 1, stamp) for i, acc in enumerate(curve)
+                                       if acc is not None and i + 1 not in have])
+        child["step"] = max(have | {i + 1 for i, acc in enumerate(curve) if acc is not None}, default=0)
 
     def publish_front(self, files: list[Path], front_trials: list[int], trials: "list[FrozenTrial]") -> None:
         """Attach `files` (pareto.html, pareto.csv) to the parent run; tag the front's child runs

@@ -153,8 +153,6 @@ def start_tracking(space: "SearchSpace", study: Any, storage_label: str,
                    say: Callable[[str], None] = print) -> Tracker:
     """The run's tracker: MLflow's if the space names a tracking URI (recorded in the study), else one that does
     nothing. Returns at once: connecting, and sending what MLflow misses of the study, happen in its thread."""
-    import yaml
-
     from .io import dump_space
     from .storage import display_url
 
@@ -162,9 +160,8 @@ def start_tracking(space: "SearchSpace", study: Any, storage_label: str,
         return Tracker()
     uri, experiment = space.tracking.mlflow, space.tracking.experiment or space.name
     record_tracking(study, uri, experiment)
-    text = dump_space(space)
     say(f"tracking to MLflow at {uri}, experiment {experiment!r} (a parent run for the study, a child per trial)")
-    record = MlflowRecord(uri, experiment, space.name, text, yaml.safe_load(text), display_url(storage_label))
+    record = MlflowRecord(uri, experiment, space.name, dump_space(space), display_url(storage_label))
     return MlflowTracker(record, study.get_trials(deepcopy=False))
 
 
@@ -185,8 +182,6 @@ def publish_front(study: Any, space: "SearchSpace | None", files: list[Path], fr
     """`dsearch pareto`'s part: if the study is tracked (`uri`, else the run's recorded tracking, else the space's),
     send what MLflow misses of the study, attach `files` to its parent run and tag the front's child runs.
     A failure is one warning line; returns whether it was sent."""
-    import yaml
-
     from .io import dump_space
     from .storage import display_url
 
@@ -196,8 +191,7 @@ def publish_front(study: Any, space: "SearchSpace | None", files: list[Path], fr
         return False
     experiment = recorded.get("experiment") or (space.tracking.experiment if space is not None else None) \
         or study.study_name
-    text = dump_space(space) if space is not None else ""
-    record = MlflowRecord(uri, experiment, study.study_name, text, yaml.safe_load(text) if text else {},
+    record = MlflowRecord(uri, experiment, study.study_name, dump_space(space) if space is not None else "",
                           display_url(storage_label) if storage_label else "")
     try:
         record.open(reopen=False)
